@@ -1,0 +1,2 @@
+"""SparseInst command-line tool suite."""
+__version__ = "0.1.0"

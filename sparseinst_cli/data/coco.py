@@ -1,0 +1,260 @@
+"""COCO-format instance annotations: parsing, image reading, training and evaluation datasets."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+from sparseinst_cli.data.transforms import Instance, TransformConfig, apply_train_transforms
+from sparseinst_cli.errors import UserError
+
+REQUIRED_KEYS = ("images", "annotations", "categories")
+AUG_STREAM = 1  # seed-sequence tag of the per-sample augmentation RNG (see loader.py)
+
+
+def load_coco_json(path: str | Path) -> COCO:
+    """Read and validate a COCO instances JSON into a pycocotools COCO index (quietly).
+
+    Annotations missing `iscrowd` get 0 and those missing `area` get their mask area, so
+    COCOeval can use any valid file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"annotation file not found: {path}; check the path in your data YAML")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); give a COCO instances file") from e
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a COCO instances file: the top level is not an object")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise UserError(
+            f"{path} is not a COCO instances file: missing key(s) {', '.join(missing)}"
+        )
+    _validate(data, path)
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    for ann in data["annotations"]:
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann and ann.get("segmentation"):
+            ann["area"] = float(coco.annToMask(ann).sum())
+    return coco
+
+
+def _validate(data: dict, path: Path) -> None:
+    cat_ids = {c.get("id") for c in data["categories"]}
+    for img in data["images"]:
+        if not all(k in img for k in ("id", "file_name", "height", "width")):
+            raise UserError(f"{path}: image entry {img!r:.80} lacks id/file_name/height/width")
+    img_ids = {img["id"] for img in data["images"]}
+    for ann in data["annotations"]:
+        if ann.get("category_id") not in cat_ids:
+            raise UserError(
+                f"{path}: annotation {ann.get('id')} has category_id {ann.get('category_id')} "
+                "which is not in 'categories'"
+            )
+        if ann.get("image_id") not in img_ids:
+            raise UserError(
+                f"{path}: annotation {ann.get('id')} refers to unknown image_id "
+                f"{ann.get('image_id')}"
+            )
+        if "segmentation" not in ann:
+            raise UserError(
+                f"{path}: annotation {ann.get('id')} has no 'segmentation'; "
+                "SparseInst needs instance masks (polygons or RLE)"
+            )
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """Read an image as RGB uint8 [H, W, 3], honouring EXIF orientation (as detectron2).
+
+    Grayscale, RGBA, palette and 16-bit images are converted; 16-bit values are scaled to 8 bits.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}; check the images folder of your dataset")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb_uint8(img)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise UserError(f"cannot read image {path} ({e}); replace or remove the file") from e
+
+
+def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        if img.mode == "F" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        elif img.mode != "F" and (img.mode.startswith("I;16") or arr.max(initial=0) > 255):
+            arr = arr / 257.0
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def segmentation_to_instance(segm: list | dict, label: int, h: int, w: int) -> Instance | None:
+    """A COCO segmentation (polygons, compressed or uncompressed RLE) -> Instance, None if empty."""
+    if isinstance(segm, list):
+        polys = [np.asarray(p, np.float64).reshape(-1, 2) for p in segm
+                 if len(p) >= 6 and len(p) % 2 == 0]
+        return Instance(label, polygons=polys) if polys else None
+    if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        if list(segm["size"]) != [h, w]:
+            raise UserError(f"RLE size {segm['size']} differs from the image size {[h, w]}")
+        rle = mask_util.frPyObjects(segm, h, w) if isinstance(segm["counts"], list) else segm
+        return Instance(label, mask=mask_util.decode(rle).astype(bool))
+    raise UserError(f"unsupported segmentation {segm!r:.60}; use polygons or RLE")
+
+
+class CocoInstances:
+    """A COCO split: category mapping, image list and per-image instances.
+
+    Category ids may be any integers; contiguous id k (0..K-1) is the k-th smallest id.
+    With `filter_empty`, images without a non-crowd instance are left out (as detectron2).
+    """
+
+    def __init__(
+        self, *, annotations: str | Path, images: str | Path, filter_empty: bool = True,
+        names: Sequence[str] | None = None,
+    ) -> None:
+        self.annotations = Path(annotations)
+        self.images = Path(images)
+        self.coco = load_coco_json(self.annotations)
+        cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
+        self.category_ids: list[int] = [int(c["id"]) for c in cats]
+        self.class_names: list[str] = [str(c.get("name", c["id"])) for c in cats]
+        if names is not None:
+            if len(names) != len(cats):
+                raise UserError(
+                    f"'names' lists {len(names)} classes but {self.annotations} has {len(cats)} "
+                    "categories; fix 'names' or remove it"
+                )
+            self.class_names = [str(n) for n in names]
+        self.category_to_contiguous = {c: i for i, c in enumerate(self.category_ids)}
+        ids = sorted(self.coco.imgs)
+        if filter_empty:
+            ids = [i for i in ids if any(not a.get("iscrowd", 0) and a["segmentation"]
+                                         for a in self.coco.imgToAnns.get(i, []))]
+        self.image_ids: list[int] = ids
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def image_info(self, image_id: int) -> dict:
+        return self.coco.imgs[image_id]
+
+    def image_path(self, image_id: int) -> Path:
+        return self.images / self.coco.imgs[image_id]["file_name"]
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        """RGB uint8 [H, W, 3]; its size must match the annotation file's height/width."""
+        info = self.coco.imgs[image_id]
+        image = read_image_rgb(self.image_path(image_id))
+        if image.shape[:2] != (info["height"], info["width"]):
+            raise UserError(
+                f"image {self.image_path(image_id)} is {image.shape[1]}x{image.shape[0]} but "
+                f"{self.annotations.name} says {info['width']}x{info['height']}; fix the JSON"
+            )
+        return image
+
+    def instances(self, image_id: int) -> list[Instance]:
+        """Non-crowd instances of an image with contiguous labels, at the original size."""
+        info = self.coco.imgs[image_id]
+        out = []
+        for ann in self.coco.imgToAnns.get(image_id, []):
+            if ann.get("iscrowd", 0):
+                continue
+            label = self.category_to_contiguous[ann["category_id"]]
+            try:
+                inst = segmentation_to_instance(
+                    ann["segmentation"], label, info["height"], info["width"]
+                )
+            except UserError as e:
+                raise UserError(f"{self.annotations}: annotation {ann.get('id')}: {e}") from e
+            if inst is not None:
+                out.append(inst)
+        return out
+
+
+class CocoTrainDataset(Dataset):
+    """Augmented training samples: (image uint8 [3, H, W] RGB, target dict).
+
+    target: labels int64 [M] (contiguous), masks bool [M, H, W] at the augmented size,
+    image_id int, orig_size (h, w). The key is a dataset index or (index, global sample index);
+    the augmentation RNG is seeded by (seed, global sample index), or by the index alone.
+    """
+
+    def __init__(self, source: CocoInstances, *, transform: TransformConfig, seed: int = 0):
+        self.source = source
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict]:
+        index, sample = key if isinstance(key, tuple) else (key, key)
+        rng = np.random.default_rng([self.seed, AUG_STREAM, sample])
+        image_id = self.source.image_ids[index]
+        image = self.source.load_image(image_id)
+        orig_size = image.shape[:2]
+        image, labels, masks = apply_train_transforms(
+            image, self.source.instances(image_id), self.transform, rng
+        )
+        target = {
+            "labels": torch.from_numpy(labels),
+            "masks": torch.from_numpy(masks),
+            "image_id": int(image_id),
+            "orig_size": (int(orig_size[0]), int(orig_size[1])),
+        }
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), target
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    """One un-augmented image for inference: RGB uint8 [H, W, 3]."""
+
+    image: np.ndarray
+    image_id: int
+    file_name: str
+
+
+class CocoEvalDataset(Dataset):
+    """Every image of a split (build the source with filter_empty=False), unaugmented."""
+
+    def __init__(self, source: CocoInstances):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> EvalSample:
+        image_id = self.source.image_ids[index]
+        return EvalSample(
+            image=self.source.load_image(image_id),
+            image_id=int(image_id),
+            file_name=str(self.source.image_info(image_id)["file_name"]),
+        )

@@ -1,0 +1,208 @@
+"""SparseInst training losses: focal (classes), BCE and dice (masks), IoU objectness.
+
+Small pure functions plus ``SparseInstCriterion``, which receives the matcher,
+resizes the targets once, matches, and returns the weighted losses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparseinst_cli.matcher import DICE_EPS, HungarianMatcher, resize_target_masks
+
+IOU_PRED_THRESHOLD = 0.4
+IOU_GT_THRESHOLD = 0.5
+
+
+def sigmoid_focal_loss(
+    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
+    """Focal loss of RetinaNet, summed over all elements.
+
+    logits, targets: same shape (e.g. [B, N, K]); targets in [0, 1]. A negative
+    ``alpha`` disables the class balancing. Returns a scalar.
+    """
+    probs = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = probs * targets + (1 - probs) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss.sum()
+
+
+def dice_loss(mask_logits: Tensor, targets: Tensor) -> Tensor:
+    """Dice loss summed over instances.
+
+    mask_logits: [M, P] logits; targets: [M, P] in [0, 1]. Returns a scalar:
+    ``sum_i 1 - 2 * sum(p * g) / (sum(p^2) + sum(g^2) + 1e-4)`` with p = sigmoid(logits).
+    """
+    probs = mask_logits.sigmoid()
+    numerator = 2 * (probs * targets).sum(-1)
+    denominator = (probs * probs).sum(-1) + (targets * targets).sum(-1)
+    return (1 - numerator / (denominator + DICE_EPS)).sum()
+
+
+def mask_bce(mask_logits: Tensor, targets: Tensor) -> Tensor:
+    """Binary cross-entropy with logits, mean over all pixels of all instances.
+
+    mask_logits, targets: [M, P]. Returns a scalar.
+    """
+    return F.binary_cross_entropy_with_logits(mask_logits, targets, reduction="mean")
+
+
+@torch.no_grad()
+def mask_iou(pred_probs: Tensor, gt: Tensor) -> Tensor:
+    """IoU of ``pred_probs >= 0.4`` with ``gt > 0.5`` per instance, without gradient.
+
+    pred_probs: [M, P] probabilities; gt: [M, P] in [0, 1]. Returns [M] float.
+    """
+    pred = (pred_probs >= IOU_PRED_THRESHOLD).float()
+    gt = (gt > IOU_GT_THRESHOLD).float()
+    intersection = (pred * gt).sum(-1)
+    union = pred.sum(-1) + gt.sum(-1) - intersection
+    return intersection / (union + 1e-6)
+
+
+def average_num_instances(count: int, device: torch.device | str) -> float:
+    """Loss normaliser: the batch's target count averaged over processes, at least 1.
+
+    With torch.distributed initialised the counts are summed over all processes
+    (all-reduce) and divided by the world size, as in DETR and the official SparseInst.
+    """
+    num = torch.tensor(float(count), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num)
+        num = num / dist.get_world_size()
+    return max(float(num.item()), 1.0)
+
+
+def _matched_query_index(
+    indices: list[tuple[Tensor, Tensor]], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """(batch_idx [T], query_idx [T]) of the matched predictions, T = total matches."""
+    batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)])
+    query_idx = torch.cat([src for src, _ in indices])
+    return batch_idx.to(device), query_idx.to(device)
+
+
+def _matched_targets(
+    tgt_labels: list[Tensor], tgt_masks: list[Tensor], indices: list[tuple[Tensor, Tensor]]
+) -> tuple[Tensor, Tensor]:
+    """Labels [T] and flattened masks [T, h*w] of the matched targets, in match order."""
+    labels, masks = [], []
+    for lab, mask, (_, tgt) in zip(tgt_labels, tgt_masks, indices, strict=True):
+        tgt = tgt.to(lab.device)
+        labels.append(lab[tgt])
+        masks.append(mask[tgt].flatten(1))
+    return torch.cat(labels), torch.cat(masks)
+
+
+class SparseInstCriterion(nn.Module):
+    """Matches predictions to targets and computes the weighted SparseInst losses."""
+
+    def __init__(
+        self,
+        *,
+        matcher: HungarianMatcher,
+        num_classes: int,
+        class_weight: float = 2.0,
+        mask_bce_weight: float = 5.0,
+        dice_weight: float = 2.0,
+        objectness_weight: float = 1.0,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.matcher = matcher
+        self.num_classes = num_classes
+        self.class_weight = class_weight
+        self.mask_bce_weight = mask_bce_weight
+        self.dice_weight = dice_weight
+        self.objectness_weight = objectness_weight
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+
+    def forward(
+        self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """Weighted losses for one batch, computed in float32 even under autocast.
+
+        outputs: ``pred_logits`` [B, N, K], ``pred_scores`` [B, N, 1], ``pred_masks``
+        [B, N, h, w] (all logits; masks at stride 4 of the padded input).
+        targets: B dicts with ``labels`` int64 [M_i] and ``masks`` bool/uint8
+        [M_i, Hp, Wp] padded to the batch's input size (M_i may be 0).
+        Returns scalars ``loss_cls``, ``loss_mask_bce``, ``loss_dice``, ``loss_objectness``.
+        """
+        pred_logits = outputs["pred_logits"]
+        pred_masks = outputs["pred_masks"]
+        if pred_logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"pred_logits has {pred_logits.shape[-1]} classes, "
+                f"the criterion expects {self.num_classes}"
+            )
+        device = pred_masks.device
+        size = (pred_masks.shape[-2], pred_masks.shape[-1])
+        with torch.autocast(device_type=device.type, enabled=False):
+            tgt_masks = [resize_target_masks(t["masks"].to(device), size) for t in targets]
+            tgt_labels = [t["labels"].to(device=device, dtype=torch.int64) for t in targets]
+            indices = self.matcher(outputs, tgt_masks, tgt_labels)
+            num_instances = average_num_instances(sum(len(lab) for lab in tgt_labels), device)
+
+            batch_idx, query_idx = _matched_query_index(indices, device)
+            matched_labels, matched_gt = _matched_targets(tgt_labels, tgt_masks, indices)
+            losses = {
+                "loss_cls": self._loss_cls(
+                    pred_logits, batch_idx, query_idx, matched_labels, num_instances
+                )
+            }
+            losses.update(
+                self._loss_masks(outputs, batch_idx, query_idx, matched_gt, num_instances)
+            )
+        return losses
+
+    def _loss_cls(
+        self,
+        pred_logits: Tensor,
+        batch_idx: Tensor,
+        query_idx: Tensor,
+        matched_labels: Tensor,
+        num_instances: float,
+    ) -> Tensor:
+        """Focal loss over all B * N queries; one-hot targets [B, N, K] for matched queries."""
+        logits = pred_logits.float()
+        one_hot = torch.zeros_like(logits)
+        one_hot[batch_idx, query_idx, matched_labels] = 1.0
+        focal = sigmoid_focal_loss(logits, one_hot, alpha=self.focal_alpha, gamma=self.focal_gamma)
+        return self.class_weight * focal / num_instances
+
+    def _loss_masks(
+        self,
+        outputs: dict[str, Tensor],
+        batch_idx: Tensor,
+        query_idx: Tensor,
+        matched_gt: Tensor,
+        num_instances: float,
+    ) -> dict[str, Tensor]:
+        """Mask BCE, dice and objectness on the T matched queries; matched_gt is [T, h*w]."""
+        pred_masks, pred_scores = outputs["pred_masks"], outputs["pred_scores"]
+        if matched_gt.shape[0] == 0:
+            # Zero, but connected to the graph so DDP sees every parameter used.
+            zero_masks = pred_masks.float().sum() * 0.0
+            return {
+                "loss_mask_bce": zero_masks,
+                "loss_dice": zero_masks.clone(),
+                "loss_objectness": pred_scores.float().sum() * 0.0,
+            }
+        src_masks = pred_masks[batch_idx, query_idx].float().flatten(1)  # [T, h*w]
+        src_scores = pred_scores[batch_idx, query_idx].float().flatten()  # [T]
+        iou = mask_iou(src_masks.detach().sigmoid(), matched_gt)
+        return {
+            "loss_mask_bce": self.mask_bce_weight * mask_bce(src_masks, matched_gt),
+            "loss_dice": self.dice_weight * dice_loss(src_masks, matched_gt) / num_instances,
+            "loss_objectness": self.objectness_weight
+            * F.binary_cross_entropy_with_logits(src_scores, iou, reduction="mean"),
+        }

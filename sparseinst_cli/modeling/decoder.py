@@ -1,0 +1,155 @@
+"""IAM decoder: instance branch (IAM / G-IAM / G-IAM softmax) and mask branch."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .init import c2_msra_fill, c2_xavier_fill
+
+DECODER_KINDS = ("iam", "giam", "giam_softmax")
+
+
+def conv_stack(num_convs: int, in_channels: int, channels: int) -> nn.Sequential:
+    """`num_convs` x (3x3 conv + ReLU); official key indices 0, 2, 4, 6 for the convs."""
+    layers: list[nn.Module] = []
+    for _ in range(num_convs):
+        conv = nn.Conv2d(in_channels, channels, 3, padding=1)
+        c2_msra_fill(conv)
+        layers += [conv, nn.ReLU(inplace=True)]
+        in_channels = channels
+    return nn.Sequential(*layers)
+
+
+def coordinate_features(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, 2, H, W]: x then y, each -1 + 2*i/(n-1) (traceable for ONNX)."""
+    h, w = x.shape[-2:]
+    ys = -1.0 + 2.0 * torch.arange(h, device=x.device, dtype=torch.float32) / (h - 1)
+    xs = -1.0 + 2.0 * torch.arange(w, device=x.device, dtype=torch.float32) / (w - 1)
+    grid_y = ys[:, None].expand(h, w)
+    grid_x = xs[None, :].expand(h, w)
+    coords = torch.stack([grid_x, grid_y])[None].expand(x.shape[0], 2, h, w)
+    return coords.to(x.dtype)
+
+
+class InstanceBranch(nn.Module):
+    """Features -> per-instance class logits, mask kernels and objectness via activation maps."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        kind: str = "giam",
+        num_masks: int = 100,
+        groups: int = 4,
+        dim: int = 256,
+        num_convs: int = 4,
+        kernel_dim: int = 128,
+    ):
+        super().__init__()
+        if kind not in DECODER_KINDS:
+            raise UserError(f"decoder kind '{kind}' is not one of {', '.join(DECODER_KINDS)}")
+        self.kind = kind
+        self.groups = 1 if kind == "iam" else groups
+        self.num_masks = num_masks
+        self.inst_convs = conv_stack(num_convs, in_channels, dim)
+        self.iam_conv = nn.Conv2d(
+            dim, num_masks * self.groups, 3, padding=1, groups=self.groups
+        )
+        head_dim = dim * self.groups
+        if kind != "iam":
+            self.fc = nn.Linear(head_dim, head_dim)
+            c2_xavier_fill(self.fc)
+        if kind == "giam_softmax":
+            self.softmax_bias = nn.Parameter(torch.ones(1))
+        self.cls_score = nn.Linear(head_dim, num_classes)
+        self.mask_kernel = nn.Linear(head_dim, kernel_dim)
+        self.objectness = nn.Linear(head_dim, 1)
+        prior_bias = -math.log((1 - 0.01) / 0.01)
+        for module in (self.iam_conv, self.cls_score):
+            nn.init.normal_(module.weight, std=0.01)
+            nn.init.constant_(module.bias, prior_bias)
+        nn.init.normal_(self.mask_kernel.weight, std=0.01)
+        nn.init.constant_(self.mask_kernel.bias, 0.0)
+
+    def activation_maps(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> normalised activation maps [B, groups*N, H*W] (each sums to 1)."""
+        iam = self.iam_conv(features).flatten(2)
+        if self.kind == "giam_softmax":
+            return F.softmax(iam + self.softmax_bias, dim=-1)
+        prob = iam.sigmoid()
+        return prob / prob.sum(-1, keepdim=True).clamp(min=1e-6)
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[B, C, H, W] -> logits [B,N,K], kernels [B,N,D], objectness [B,N,1]."""
+        features = self.inst_convs(features)
+        maps = self.activation_maps(features)
+        inst = torch.bmm(maps, features.flatten(2).transpose(1, 2))  # [B, groups*N, C]
+        if self.kind != "iam":
+            b, n = inst.shape[0], self.num_masks
+            # Instance i gathers map i of every group: [B,G,N,C] -> [B,N,G*C].
+            inst = inst.reshape(b, self.groups, n, -1).transpose(1, 2).reshape(b, n, -1)
+            inst = F.relu(self.fc(inst))
+        return {
+            "pred_logits": self.cls_score(inst),
+            "pred_kernels": self.mask_kernel(inst),
+            "pred_scores": self.objectness(inst),
+        }
+
+
+class MaskBranch(nn.Module):
+    """Features -> mask embedding [B, kernel_dim, H, W]."""
+
+    def __init__(self, *, in_channels: int, dim: int = 256, num_convs: int = 4, kernel_dim: int = 128):
+        super().__init__()
+        self.mask_convs = conv_stack(num_convs, in_channels, dim)
+        self.projection = nn.Conv2d(dim, kernel_dim, 1)
+        c2_msra_fill(self.projection)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.mask_convs(features))
+
+
+class IAMDecoder(nn.Module):
+    """Encoder map [B, C, H/8, W/8] -> raw SparseInst outputs (all logits)."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        kind: str = "giam",
+        num_masks: int = 100,
+        groups: int = 4,
+        inst_dim: int = 256,
+        inst_convs: int = 4,
+        mask_dim: int = 256,
+        mask_convs: int = 4,
+        kernel_dim: int = 128,
+        scale_factor: float = 2.0,
+    ):
+        super().__init__()
+        self.scale_factor = scale_factor
+        self.inst_branch = InstanceBranch(
+            in_channels=in_channels + 2, num_classes=num_classes, kind=kind, num_masks=num_masks,
+            groups=groups, dim=inst_dim, num_convs=inst_convs, kernel_dim=kernel_dim,
+        )
+        self.mask_branch = MaskBranch(
+            in_channels=in_channels + 2, dim=mask_dim, num_convs=mask_convs, kernel_dim=kernel_dim
+        )
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Returns pred_logits [B,N,K], pred_scores [B,N,1], pred_masks [B,N,H/4,W/4]."""
+        features = torch.cat([coordinate_features(features), features], dim=1)
+        out = self.inst_branch(features)
+        mask_features = self.mask_branch(features)
+        masks = torch.bmm(out.pop("pred_kernels"), mask_features.flatten(2))
+        masks = masks.unflatten(2, mask_features.shape[-2:])
+        out["pred_masks"] = F.interpolate(
+            masks, scale_factor=self.scale_factor, mode="bilinear", align_corners=False
+        )
+        return out

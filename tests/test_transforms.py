@@ -1,0 +1,146 @@
+"""Augmentation geometry: size rule, flip, polygon resize, crop."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sparseinst_cli.data.transforms import (
+    Instance,
+    TransformConfig,
+    apply_train_transforms,
+    clip_polygon,
+    crop,
+    hflip,
+    polygons_to_mask,
+    rasterize,
+    resize,
+    resize_image,
+    shortest_edge_size,
+)
+
+
+def square(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
+
+
+@pytest.mark.parametrize(
+    ("hw", "short", "max_size", "expected"),
+    [
+        ((333, 500), 320, 533, (320, 480)),  # 500 * 320/333 = 480.48 -> 480
+        ((500, 333), 320, 533, (480, 320)),
+        ((100, 1000), 320, 533, (53, 533)),  # max_size binds: 100 * 0.533 = 53.3
+        ((480, 640), 640, 853, (640, 853)),  # 853.33 > 853 binds, 640 stays
+        ((427, 640), 608, 853, (569, 853)),  # 640*608/427 = 911.3 > 853 -> 569.05
+        ((200, 200), 416, None, (416, 416)),
+    ],
+)
+def test_shortest_edge_size(hw, short, max_size, expected):
+    assert shortest_edge_size(*hw, short, max_size) == expected
+
+
+def test_resize_image_is_pil_bilinear():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(40, 60, 3), dtype=np.uint8)
+    out = resize_image(img, (20, 30))
+    ref = np.asarray(Image.fromarray(img).resize((30, 20), Image.BILINEAR))
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, ref)
+    assert resize_image(img, (40, 60)) is img
+
+
+def test_hflip_moves_mask_and_polygon():
+    img = np.zeros((10, 20, 3), np.uint8)
+    img[:, 0] = 255
+    mask = np.zeros((10, 20), bool)
+    mask[2:5, 1:4] = True
+    poly = square(1, 2, 4, 5)
+    out_img, out = hflip(img, [Instance(0, mask=mask), Instance(1, polygons=[poly])])
+    assert out_img[:, -1].min() == 255 and out_img[:, 0].max() == 0
+    expected = np.zeros((10, 20), bool)
+    expected[2:5, 16:19] = True
+    labels, masks = rasterize(out, 10, 20)
+    assert labels.tolist() == [0, 1]
+    np.testing.assert_array_equal(masks[0], expected)
+    np.testing.assert_array_equal(masks[1], expected)  # polygon x -> 20 - x
+
+
+def test_polygon_resize_then_rasterise():
+    img = np.zeros((10, 10, 3), np.uint8)
+    _, out = resize(img, [Instance(2, polygons=[square(2, 2, 6, 6)])], (20, 20))
+    np.testing.assert_allclose(out[0].polygons[0], square(4, 4, 12, 12))
+    labels, masks = rasterize(out, 20, 20)
+    expected = np.zeros((20, 20), bool)
+    expected[4:12, 4:12] = True
+    assert labels.tolist() == [2]
+    np.testing.assert_array_equal(masks[0], expected)
+
+
+def test_bitmask_resize_is_nearest():
+    mask = np.zeros((4, 4), bool)
+    mask[1:3, 1:3] = True
+    _, out = resize(np.zeros((4, 4, 3), np.uint8), [Instance(0, mask=mask)], (8, 8))
+    expected = np.zeros((8, 8), bool)
+    expected[2:6, 2:6] = True
+    np.testing.assert_array_equal(out[0].mask, expected)
+
+
+def test_crop_drops_empty_instances():
+    img = np.zeros((40, 40, 3), np.uint8)
+    far_mask = np.zeros((40, 40), bool)
+    far_mask[30:35, 30:35] = True
+    instances = [
+        Instance(0, polygons=[square(2, 2, 10, 10)]),  # inside the window
+        Instance(1, polygons=[square(25, 25, 38, 38)]),  # outside: dropped
+        Instance(2, mask=far_mask),  # outside: dropped
+        Instance(3, polygons=[square(15, 2, 25, 8)]),  # half inside: clipped
+    ]
+    out_img, out = crop(img, instances, 0, 0, 20, 20)
+    assert out_img.shape == (20, 20, 3)
+    labels, masks = rasterize(out, 20, 20)
+    assert labels.tolist() == [0, 3]
+    assert masks.shape == (2, 20, 20)
+    assert masks[1].sum() == 5 * 6 and masks[1][2:8, 15:20].all()
+
+
+def test_crop_polygon_matches_cropped_raster():
+    poly = np.array([[25.3, 9.8], [60.7, 23.1], [55.2, 70.9], [11.6, 50.3]])
+    big = polygons_to_mask([poly], 100, 100)
+    _, out = crop(np.zeros((100, 100, 3), np.uint8), [Instance(0, polygons=[poly])], 20, 20, 40, 40)
+    _, masks = rasterize(out, 40, 40)
+    ref = big[20:60, 20:60]
+    # clipping adds vertices on the window edge; pycocotools snaps vertices to 1/5 px, so a
+    # few pixels whose centres lie on an edge may flip
+    assert (masks[0] != ref).sum() <= 8
+    assert (masks[0] & ref).sum() / (masks[0] | ref).sum() > 0.99
+
+
+def test_clip_polygon_outside_is_empty():
+    assert len(clip_polygon(square(50, 50, 60, 60), 20, 20)) == 0
+    clipped = clip_polygon(square(-5, -5, 5, 5), 20, 20)
+    assert clipped.min() >= 0 and clipped.max() <= 5
+
+
+def test_apply_train_transforms_flip_and_resize():
+    img = np.zeros((30, 60, 3), np.uint8)
+    img[:, :10] = 200
+    cfg = TransformConfig(min_sizes=(60,), max_size=1000, flip_prob=1.0)
+    inst = [Instance(0, polygons=[square(0, 0, 10, 30)])]
+    out, labels, masks = apply_train_transforms(img, inst, cfg, np.random.default_rng(0))
+    assert out.shape == (60, 120, 3) and masks.shape == (1, 60, 120)
+    assert out[:, -19:].min() == 200 and out[:, :-21].max() == 0  # bilinear blends one column
+    assert masks[0][:, -20:].all() and not masks[0][:, :-20].any()
+
+
+def test_apply_train_transforms_crop_branch_is_deterministic():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, size=(120, 160, 3), dtype=np.uint8)
+    inst = [Instance(i % 3, polygons=[square(10 * i, 8 * i, 10 * i + 30, 8 * i + 25)])
+            for i in range(10)]
+    cfg = TransformConfig(min_sizes=(64, 96), max_size=200, crop_enabled=True, crop_prob=1.0,
+                          crop_size=(30, 60), crop_resize_sizes=(100, 120))
+    runs = [apply_train_transforms(img, inst, cfg, np.random.default_rng(7)) for _ in range(2)]
+    for a, b in zip(runs[0], runs[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    out, labels, masks = runs[0]
+    assert min(out.shape[:2]) in (64, 96) and masks.shape[1:] == out.shape[:2]
+    assert len(labels) == len(masks) and masks.reshape(len(masks), -1).any(1).all()
