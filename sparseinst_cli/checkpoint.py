@@ -7,10 +7,10 @@ the model.
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .fileio import atomic_write_bytes
 
 FORMAT_TAG = "sparseinst_cli"
 FORMAT_VERSION = 1
@@ -172,19 +173,10 @@ def load_weights(
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save that never leaves a half-written file: temporary name, fsync, rename."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(Path(path), buffer.getbuffer())
 
 
 def make_checkpoint(
@@ -205,3 +197,4 @@ def make_checkpoint(
         "category_ids": [int(c) for c in category_ids],
         **(extra or {}),
     }
+

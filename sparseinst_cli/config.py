@@ -165,8 +165,11 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
         if not isinstance(value, bool):
             raise UserError(f"config key '{key}' expects true/false, got {value!r}")
         return value
-    if isinstance(default, float) and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+    if isinstance(default, float) and not isinstance(value, bool):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"config key '{key}' expects float, got {value!r}") from None
     if isinstance(default, list):
         if isinstance(value, tuple):
             value = list(value)

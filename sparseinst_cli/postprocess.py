@@ -139,3 +139,9 @@ def postprocess(
         )
         for i in range(len(image_sizes))
     ]
+
+
+def filter_by_score(instances: Instances, min_score: float) -> Instances:
+    """Keep the instances whose final (rescored) score is at least `min_score`."""
+    keep = instances.scores >= min_score
+    return Instances(masks=instances.masks[keep], scores=instances.scores[keep], labels=instances.labels[keep])

@@ -111,21 +111,19 @@ def resize(
 
 def clip_polygon(poly: np.ndarray, width: float, height: float) -> np.ndarray:
     """Clip a polygon [K, 2] to the box [0, width] x [0, height] (Sutherland-Hodgman)."""
-    for axis, bound, keep_below in ((0, 0.0, False), (0, width, True),
-                                    (1, 0.0, False), (1, height, True)):
+    for axis, bound, sign in ((0, 0.0, 1.0), (0, width, -1.0), (1, 0.0, 1.0), (1, height, -1.0)):
         if len(poly) == 0:
             break
-        d = poly[:, axis] - bound
-        inside = d <= 0 if keep_below else d >= 0
-        nxt = np.roll(np.arange(len(poly)), -1)
-        pts = []
-        for i, j in enumerate(nxt):
-            if inside[i]:
-                pts.append(poly[i])
-            if inside[i] != inside[j]:
-                t = d[i] / (d[i] - d[j])
-                pts.append(poly[i] + t * (poly[j] - poly[i]))
-        poly = np.array(pts, dtype=np.float64).reshape(-1, 2)
+        dist = sign * (poly[:, axis] - bound)  # >= 0 inside this edge
+        inside = dist >= 0
+        nxt_poly, nxt_dist = np.roll(poly, -1, axis=0), np.roll(dist, -1)
+        cross = inside != np.roll(inside, -1)
+        denom = np.where(cross, dist - nxt_dist, 1.0)
+        t = np.where(cross, dist / denom, 0.0)[:, None]
+        inter = poly + t * (nxt_poly - poly)
+        # vertex i (if inside) then the crossing of edge i -> i+1 (if any), in order
+        pts = np.stack([poly, inter], axis=1).reshape(-1, 2)
+        poly = pts[np.stack([inside, cross], axis=1).reshape(-1)]
     return poly
 
 

@@ -1,0 +1,96 @@
+"""`sparseinst`: the Typer app, global options and the single error handler."""
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..errors import RunError, UserError
+from .console import err_console, state
+
+app = typer.Typer(
+    name="sparseinst",
+    help="Real-time instance segmentation with SparseInst: train, eval, bench, predict, export.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sparseinst {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks on errors, e.g. sparseinst --debug eval ...")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print results only, no progress.")] = False,
+) -> None:
+    """SparseInst from one command line. Example: sparseinst predict images/ --weights model.pth"""
+    state.debug = debug
+    state.quiet = quiet
+
+
+def _register() -> None:
+    """Each command lives in its own module; importing it here keeps app startup explicit."""
+    from . import bench, predict
+
+    app.command("predict")(predict.predict)
+    app.command("bench")(bench.bench)
+
+
+_register()
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def main() -> None:
+    """Console entry point: one line and an exit status for every failure; tracebacks on --debug."""
+    state.debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        if state.debug:
+            raise
+        _fail(str(exc), 2)
+    except RunError as exc:
+        if state.debug:
+            raise
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into a message
+        if state.debug:
+            raise
+        _fail(_describe(exc), 1)
+
+
+def _describe(exc: Exception) -> str:
+    import click
+
+    if isinstance(exc, click.exceptions.Exit):
+        sys.exit(exc.exit_code)
+    if isinstance(exc, click.ClickException):  # usage errors: one line, status 2
+        _fail(exc.format_message(), exc.exit_code)
+    if isinstance(exc, click.exceptions.Abort):
+        return "aborted"
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return "out of memory; try a smaller --batch or --size"
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return f"no space left on device while writing {exc.filename or 'output'}; free disk space"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''} (run with --debug for the traceback)"

@@ -1,0 +1,174 @@
+"""`sparseinst bench`: latency, FPS, parameters and GFLOPs per variant and input size."""
+from __future__ import annotations
+
+import gc
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..data.coco import read_image_rgb
+from ..engine.benchmark import (
+    BenchResult,
+    BenchSettings,
+    available_cpus,
+    benchmark,
+    default_image_path,
+    environment,
+    trust_warnings,
+)
+from ..errors import UserError
+from ..fileio import atomic_write_json
+from ..predictor import load_model
+from ..runtime import resolve_device, resolve_dtype
+from .console import console, info, state
+from .options import (
+    BatchOpt,
+    ConfigsOpt,
+    DeviceOpt,
+    JsonOutOpt,
+    MaxSizeOpt,
+    WeightsListOpt,
+)
+from .tables import bench_caption, bench_markdown, bench_table
+from .targets import ModelSpec, model_specs, official_variants
+
+
+def bench(
+    config: ConfigsOpt = None,
+    all_variants: Annotated[
+        bool, typer.Option("--all", help="Every official zoo variant (random init, no weights).")
+    ] = False,
+    size: Annotated[
+        list[int] | None,
+        typer.Option("--size", help="Short side(s); repeat, e.g. --size 608 --size 640."),
+    ] = None,
+    max_size: MaxSizeOpt = None,
+    weights: WeightsListOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: Annotated[
+        list[str] | None,
+        typer.Option("--dtype", help="fp32, bf16 or fp16 (CUDA); repeat, e.g. --dtype bf16."),
+    ] = None,
+    batch: BatchOpt = 1,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps first, e.g. 5.")] = 5,
+    iters: Annotated[int, typer.Option("--iters", help="Timed steps, e.g. 20.")] = 20,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads (default: every available core).")
+    ] = None,
+    image: Annotated[
+        Path | None, typer.Option("--image", help="Input image (default: a shipped COCO photo).")
+    ] = None,
+    json_out: JsonOutOpt = None,
+    eval_data: Annotated[
+        str | None,
+        typer.Option("--eval", help="Add mask AP on this dataset's val split, e.g. --eval demo."),
+    ] = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the table as markdown (for a README).")
+    ] = False,
+) -> None:
+    """Measure forward + post-processing speed. Example: sparseinst bench --all --size 608"""
+    specs = _specs(config, weights, all_variants)
+    dtypes = dtype or ["fp32"]
+    settings = _settings(device, dtypes, batch, warmup, iters, threads, max_size)
+    for note in trust_warnings(warmup, iters):
+        info(f"[yellow]warning:[/] {note}")
+    if eval_data is not None and any(s.weights is None for s in specs):
+        info("[yellow]warning:[/] --eval without --weights measures randomly initialised models")
+    picture = read_image_rgb(image or default_image_path())
+    results = _run(specs, size or [None], dtypes, settings, picture, eval_data)
+    env = environment()
+    if markdown:
+        console.print(bench_markdown(results, env), markup=False, highlight=False, soft_wrap=True)
+    else:
+        table = bench_table(results)
+        table.caption = bench_caption(results, env)
+        console.print(table)
+    if json_out is not None:
+        atomic_write_json(json_out, {"environment": env, "results": [r.to_dict() for r in results]})
+        info(f"wrote {json_out}")
+
+
+def _specs(
+    configs: list[str] | None, weights: list[Path] | None, all_variants: bool
+) -> list[ModelSpec]:
+    if all_variants:
+        if configs or weights:
+            raise UserError("--all measures every zoo variant; drop --config/--weights or --all")
+        return [ModelSpec(None, name, name) for name in official_variants()]
+    return model_specs(weights, configs, command="bench")
+
+
+def _settings(
+    device: str, dtypes: list[str], batch: int | None, warmup: int, iters: int,
+    threads: int | None, max_size: int | None,
+) -> BenchSettings:
+    """Check every number and name before any model is built."""
+    dev = resolve_device(device)
+    for name in dtypes:
+        resolve_dtype(name, dev)
+    checks = [
+        (batch is None or batch >= 1, f"--batch {batch} must be at least 1"),
+        (warmup >= 0, f"--warmup {warmup} must be 0 or more"),
+        (iters >= 1, f"--iters {iters} must be at least 1"),
+        (threads is None or threads >= 1, f"--threads {threads} must be at least 1"),
+        (max_size is None or max_size >= 32, f"--max-size {max_size} must be at least 32"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    return BenchSettings(
+        device=device, batch=batch or 1, warmup=warmup, iters=iters,
+        threads=threads or available_cpus(), max_size=max_size,
+    )
+
+
+def _run(
+    specs: list[ModelSpec], sizes: list[int | None], dtypes: list[str],
+    settings: BenchSettings, picture, eval_data: str | None,
+) -> list[BenchResult]:
+    """Every (model, size, dtype), one model in memory at a time, with a progress bar."""
+    for s in sizes:
+        if s is not None and s < 32:
+            raise UserError(f"--size {s} is too small; give the short side in pixels, e.g. 608")
+    results: list[BenchResult] = []
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=state.quiet, transient=True) as progress:
+        for spec in specs:
+            loaded = load_model(spec.weights, spec.config)
+            for s in sizes:
+                short = s or loaded.config.input.min_size_test
+                for dt in dtypes:
+                    task = progress.add_task(f"{spec.label} {short} {dt}", total=None)
+                    result = benchmark(
+                        loaded, picture, variant=spec.label, size=short,
+                        settings=_with_dtype(settings, dt),
+                        on_progress=lambda done, total, t=task: progress.update(
+                            t, completed=done, total=total),
+                    )
+                    if eval_data is not None:
+                        result.ap = _mask_ap(loaded, eval_data, short, settings, dt)
+                    progress.remove_task(task)
+                    results.append(result)
+            del loaded
+            gc.collect()
+    return results
+
+
+def _with_dtype(settings: BenchSettings, dtype: str) -> BenchSettings:
+    return replace(settings, dtype=dtype)
+
+
+def _mask_ap(loaded, data: str, size: int, settings: BenchSettings, dtype: str) -> float | None:
+    """Mask AP (0-100) of the loaded model on the val split of `data`, at this size and dtype."""
+    from .evaluate import evaluate_loaded
+
+    metrics = evaluate_loaded(
+        loaded, data=data, size=size, max_size=settings.max_size,
+        device=settings.device, dtype=dtype,
+    )
+    return metrics.get("AP")

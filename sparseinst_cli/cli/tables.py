@@ -1,0 +1,97 @@
+"""Rich (and markdown) tables for mask AP and speed, shared by eval, bench and train."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from rich.table import Table
+
+from ..engine.benchmark import BenchResult
+
+AP_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+AP_HEADERS = {"AR100": "AR"}  # AR = AR@100 detections, pycocotools' last recall summary
+
+
+def fmt_metric(value: float | None, digits: int = 1) -> str:
+    """A 0-100 metric for people: 'n/a' where pycocotools had nothing to measure."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def ap_table(rows: Sequence[tuple[str, Mapping]], *, title: str = "COCO mask AP") -> Table:
+    """One row per evaluated model: (label, metrics dict with AP_COLUMNS keys, 0-100)."""
+    table = Table(title=title)
+    table.add_column("model")
+    for key in AP_COLUMNS:
+        table.add_column(AP_HEADERS.get(key, key), justify="right")
+    for label, metrics in rows:
+        table.add_row(label, *(fmt_metric(metrics.get(k)) for k in AP_COLUMNS))
+    return table
+
+
+def per_class_table(
+    rows: Sequence[tuple[str, Mapping[str, float | None]]], *, title: str = "mask AP per class"
+) -> Table:
+    """A row per class and a column per model: (label, {class name: AP or None})."""
+    table = Table(title=title)
+    table.add_column("class")
+    for label, _ in rows:
+        table.add_column(label, justify="right")
+    names = list(dict.fromkeys(n for _, per_class in rows for n in per_class))
+    for name in names:
+        table.add_row(name, *(fmt_metric(per_class.get(name)) for _, per_class in rows))
+    return table
+
+
+def _bench_cells(r: BenchResult, with_ap: bool) -> list[str]:
+    cells = [
+        r.variant, str(r.size), f"{r.input_hw[0]}x{r.input_hw[1]}", r.dtype,
+        f"{r.params / 1e6:.1f}", f"{r.gflops:.1f}",
+        f"{r.model_ms.median:.1f} / {r.model_ms.p90:.1f}",
+        f"{r.post_ms.median:.1f} / {r.post_ms.p90:.1f}",
+        f"{r.total_ms.median:.1f} / {r.total_ms.p90:.1f}",
+        f"{r.fps:.2f}", f"{r.detections:g}",
+    ]
+    if with_ap:
+        cells.append(fmt_metric(r.ap))
+    return cells
+
+
+BENCH_HEADERS = (
+    "variant", "size", "input", "dtype", "params (M)", "GFLOPs",
+    "model ms med / p90", "post ms med / p90", "total ms med / p90", "FPS", "dets",
+)
+
+
+def bench_table(results: Sequence[BenchResult], *, title: str = "sparseinst bench") -> Table:
+    """Speed per (variant, size, dtype); latencies are per batch, FPS in images/s."""
+    with_ap = any(r.ap is not None for r in results)
+    table = Table(title=title)
+    for i, header in enumerate(BENCH_HEADERS + (("AP",) if with_ap else ())):
+        table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for r in results:
+        table.add_row(*_bench_cells(r, with_ap))
+    return table
+
+
+def bench_caption(results: Sequence[BenchResult], env: Mapping[str, str]) -> str:
+    """How the numbers were taken: machine, versions, batch, threads, warm-up and iterations."""
+    if not results:
+        return ""
+    r = results[0]
+    machine = ", ".join(f"{k} {v}" for k, v in env.items())
+    return (
+        f"{machine}; device {r.device}, batch {r.batch}, {r.threads} threads, "
+        f"{r.warmup} warm-up + {r.iters} timed steps; latency = forward + post-processing "
+        "(no reading/resizing); GFLOPs per image with a multiply-add counted as 2"
+    )
+
+
+def bench_markdown(results: Sequence[BenchResult], env: Mapping[str, str]) -> str:
+    """The bench table as GitHub markdown, with the caption underneath (for a README)."""
+    with_ap = any(r.ap is not None for r in results)
+    headers = BENCH_HEADERS + (("AP",) if with_ap else ())
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|",
+    ]
+    lines += ["| " + " | ".join(_bench_cells(r, with_ap)) + " |" for r in results]
+    return "\n".join(lines) + "\n\n" + bench_caption(results, env) + "\n"

@@ -1,0 +1,1 @@
+"""Long-running loops (train, evaluate, benchmark); they report progress through callbacks."""

@@ -1,0 +1,51 @@
+"""Writing outputs atomically: a temporary name in the same folder, then a rename."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .errors import RunError
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write `data` so that `path` is either absent/old or complete, never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give outputs the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
+
+
+def write_image(path: Path, rgb_or_gray: np.ndarray) -> None:
+    """Encode by the file's extension (RGB input) and write atomically."""
+    image = rgb_or_gray
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ext = path.suffix.lower() if path.suffix else ".png"
+    ok, buf = cv2.imencode(ext, image)
+    if not ok:
+        raise RunError(f"could not encode {path} as {ext}")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,154 @@
+"""The Python API every command uses: weights (+ config) -> model -> instances for images."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import is_ours, load_weights, read_checkpoint
+from .coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from .config import Config, config_from_dict, load_config
+from .data.coco import read_image_rgb
+from .errors import UserError
+from .modeling import SparseInst, build_model
+from .postprocess import Instances, postprocess
+from .preprocess import ImageBatch, prepare_images
+from .runtime import autocast_context, resolve_device, resolve_dtype
+
+
+@dataclass
+class LoadedModel:
+    """A model with the config and label maps that came with its weights."""
+
+    model: SparseInst
+    config: Config
+    class_names: list[str]
+    category_ids: list[int]
+    source: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+
+def load_model(
+    weights: str | os.PathLike | None,
+    config: str | os.PathLike | None = None,
+    overrides: list[str] = (),
+) -> LoadedModel:
+    """Rebuild a model from our checkpoint (config inside) or an official one (config needed).
+
+    With `weights=None` the model keeps its initialisation (useful for benchmarks).
+    """
+    ckpt = read_checkpoint(weights) if weights is not None else None
+    if ckpt is not None and is_ours(ckpt):
+        cfg = load_config(config, overrides) if config else config_from_dict(ckpt["config"])
+        if config is None and overrides:
+            from .config import _deep_merge, parse_overrides
+
+            cfg = config_from_dict(_deep_merge(ckpt["config"], parse_overrides(list(overrides))))
+        names, ids = list(ckpt["class_names"]), list(ckpt["category_ids"])
+    else:
+        if config is None:
+            raise UserError(
+                f"{weights} is an official SparseInst checkpoint, which stores no config; "
+                "name its variant with --config (for example --config r50_giam)"
+            )
+        cfg = load_config(config, overrides)
+        names, ids = _default_labels(cfg.model.num_classes)
+    model = build_model(cfg.model)
+    if ckpt is not None:
+        load_weights(model, ckpt, layout=cfg.model.checkpoint_layout, strict=True)
+    model.eval()
+    return LoadedModel(model, cfg, names, ids, source=str(weights or ""))
+
+
+def _default_labels(num_classes: int) -> tuple[list[str], list[int]]:
+    if num_classes == len(COCO_CLASS_NAMES):
+        return list(COCO_CLASS_NAMES), list(COCO_CATEGORY_IDS)
+    return [f"class_{i}" for i in range(num_classes)], list(range(1, num_classes + 1))
+
+
+@dataclass
+class Prediction:
+    """Instances of one image plus the names of their labels."""
+
+    instances: Instances
+    class_names: list[str]
+
+    @property
+    def names(self) -> list[str]:
+        return [self.class_names[int(i)] for i in self.instances.labels]
+
+
+class Predictor:
+    """`Predictor(weights, config).predict(image)` -> Prediction, the official pipeline end to end.
+
+    image: a path or an RGB uint8 array [H, W, 3].
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | None,
+        config: str | os.PathLike | None = None,
+        *,
+        overrides: list[str] = (),
+        device: str = "cpu",
+        dtype: str = "fp32",
+        min_size: int | None = None,
+        max_size: int | None = None,
+        cls_threshold: float | None = None,
+        mask_threshold: float | None = None,
+        max_detections: int | None = None,
+        loaded: LoadedModel | None = None,
+    ):
+        self.loaded = loaded or load_model(weights, config, overrides)
+        cfg = self.loaded.config
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = self.loaded.model.to(self.device)
+        self.min_size = min_size or cfg.input.min_size_test
+        self.max_size = max_size or cfg.input.max_size_test
+        self.cls_threshold = cfg.test.cls_threshold if cls_threshold is None else cls_threshold
+        self.mask_threshold = cfg.test.mask_threshold if mask_threshold is None else mask_threshold
+        self.max_detections = max_detections or cfg.test.max_detections
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.loaded.class_names
+
+    def prepare(self, images: list[np.ndarray]) -> ImageBatch:
+        return prepare_images(
+            images,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            pixel_mean=self.loaded.config.model.pixel_mean,
+        )
+
+    @torch.inference_mode()
+    def forward(self, batch: ImageBatch) -> dict[str, torch.Tensor]:
+        with autocast_context(self.device, self.dtype):
+            return self.model(batch.images.to(self.device))
+
+    @torch.inference_mode()
+    def postprocess(self, outputs: dict[str, torch.Tensor], batch: ImageBatch) -> list[Instances]:
+        return [
+            Instances(masks=i.masks.cpu(), scores=i.scores.cpu(), labels=i.labels.cpu())
+            for i in postprocess(
+                outputs,
+                image_sizes=batch.image_sizes,
+                orig_sizes=batch.orig_sizes,
+                cls_threshold=self.cls_threshold,
+                mask_threshold=self.mask_threshold,
+                max_detections=self.max_detections,
+            )
+        ]
+
+    def predict_batch(self, images: list[np.ndarray | str | Path]) -> list[Prediction]:
+        arrays = [read_image_rgb(im) if isinstance(im, str | Path) else im for im in images]
+        batch = self.prepare(arrays)
+        outputs = self.forward(batch)
+        return [Prediction(inst, self.class_names) for inst in self.postprocess(outputs, batch)]
+
+    def predict(self, image: np.ndarray | str | Path) -> Prediction:
+        return self.predict_batch([image])[0]

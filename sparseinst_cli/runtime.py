@@ -1,0 +1,44 @@
+"""Devices, precisions and threads: one place that checks what the machine can do."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .errors import UserError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """'cpu', 'cuda' or 'cuda:N' -> torch.device, or a UserError when it is not there."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}'; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(
+                f"--device {name}: only {torch.cuda.device_count()} GPU(s) present"
+            )
+    elif device.type != "cpu":
+        raise UserError(f"unsupported device '{name}'; use cpu or cuda")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype '{name}'; use one of {', '.join(DTYPES)}")
+    dtype = DTYPES[name]
+    if dtype == torch.float16 and device.type == "cpu":
+        raise UserError("fp16 is for CUDA; on a CPU use --dtype bf16 or fp32")
+    return dtype
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision for reduced dtypes; a no-op for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

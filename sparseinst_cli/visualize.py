@@ -1,0 +1,58 @@
+"""Draw instances on an image: a colour each, translucent mask, outline, label and score."""
+from __future__ import annotations
+
+import colorsys
+
+import cv2
+import numpy as np
+
+from .postprocess import Instances
+
+
+def instance_colors(n: int) -> list[tuple[int, int, int]]:
+    """`n` well-separated RGB colours (golden-ratio hues), the same for every run."""
+    colors = []
+    for i in range(n):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75, 1.0)
+        colors.append((int(r * 255), int(g * 255), int(b * 255)))
+    return colors
+
+
+def draw_instances(
+    image: np.ndarray, instances: Instances, class_names: list[str], alpha: float = 0.45
+) -> np.ndarray:
+    """RGB uint8 [H, W, 3] + instances -> a new RGB uint8 image with the overlays."""
+    canvas = image.astype(np.float32)
+    masks = instances.masks.numpy()
+    colors = instance_colors(len(masks))
+    for mask, color in zip(masks, colors):
+        canvas[mask] = canvas[mask] * (1 - alpha) + np.array(color, np.float32) * alpha
+    out = canvas.clip(0, 255).astype(np.uint8)
+    thickness = max(1, round(max(image.shape[:2]) / 400))
+    for mask, color in zip(masks, colors):
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, color, thickness)
+    for mask, color, label, score in zip(masks, colors, instances.labels, instances.scores):
+        ys, xs = np.nonzero(mask)
+        if len(xs):
+            _label(out, f"{class_names[int(label)]} {float(score):.2f}", (int(xs.min()), int(ys.min())), color)
+    return out
+
+
+def _label(image: np.ndarray, text: str, corner: tuple[int, int], color: tuple[int, int, int]) -> None:
+    scale = max(0.35, max(image.shape[:2]) / 1400)
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x, y = corner
+    y = max(y, h + base)
+    cv2.rectangle(image, (x, y - h - base), (x + w, y), color, -1)
+    cv2.putText(image, text, (x, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+def instance_label_map(instances: Instances, hw: tuple[int, int]) -> np.ndarray:
+    """uint16 [H, W]: 0 background, i+1 where instance i is; higher scores drawn on top."""
+    masks = instances.masks.numpy()
+    label_map = np.zeros(hw, np.uint16)
+    order = np.argsort(instances.scores.numpy(), kind="stable")
+    for i in order:
+        label_map[masks[i]] = i + 1
+    return label_map
