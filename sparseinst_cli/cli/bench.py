@@ -32,7 +32,7 @@ from .options import (
     MaxSizeOpt,
     WeightsListOpt,
 )
-from .tables import bench_caption, bench_markdown, bench_table
+from .tables import bench_caption, bench_markdown, bench_table, print_table
 from .targets import ModelSpec, model_specs, official_variants
 
 
@@ -86,7 +86,7 @@ def bench(
     else:
         table = bench_table(results)
         table.caption = bench_caption(results, env)
-        console.print(table)
+        print_table(console, table)
     if json_out is not None:
         atomic_write_json(json_out, {"environment": env, "results": [r.to_dict() for r in results]})
         info(f"wrote {json_out}")

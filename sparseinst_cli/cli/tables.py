@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from rich import box
+from rich.console import Console
 from rich.table import Table
 
 from ..engine.benchmark import BenchResult
@@ -41,14 +43,15 @@ def per_class_table(
     return table
 
 
+def _ms(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
 def _bench_cells(r: BenchResult, with_ap: bool) -> list[str]:
     cells = [
-        r.variant, str(r.size), f"{r.input_hw[0]}x{r.input_hw[1]}", r.dtype,
-        f"{r.params / 1e6:.1f}", f"{r.gflops:.1f}",
-        f"{r.model_ms.median:.1f} / {r.model_ms.p90:.1f}",
-        f"{r.post_ms.median:.1f} / {r.post_ms.p90:.1f}",
-        f"{r.total_ms.median:.1f} / {r.total_ms.p90:.1f}",
-        f"{r.fps:.2f}", f"{r.detections:g}",
+        r.variant, str(r.size), r.dtype, f"{r.params / 1e6:.1f}", f"{r.gflops:.1f}",
+        _ms(r.model_ms.median), _ms(r.post_ms.median), _ms(r.total_ms.median),
+        _ms(r.total_ms.p90), f"{r.fps:.2f}" if r.fps < 10 else f"{r.fps:.1f}", f"{r.detections:g}",
     ]
     if with_ap:
         cells.append(fmt_metric(r.ap))
@@ -56,19 +59,25 @@ def _bench_cells(r: BenchResult, with_ap: bool) -> list[str]:
 
 
 BENCH_HEADERS = (
-    "variant", "size", "input", "dtype", "params (M)", "GFLOPs",
-    "model ms med / p90", "post ms med / p90", "total ms med / p90", "FPS", "dets",
+    "variant", "size", "dtype", "params M", "GFLOPs",
+    "model ms", "post ms", "total ms", "p90 ms", "FPS", "dets",
 )
 
 
 def bench_table(results: Sequence[BenchResult], *, title: str = "sparseinst bench") -> Table:
-    """Speed per (variant, size, dtype); latencies are per batch, FPS in images/s."""
+    """Speed per (variant, size, dtype): median model / post-processing / total latency per
+    batch, p90 of the total, FPS in images/s, detections per image."""
     with_ap = any(r.ap is not None for r in results)
-    table = Table(title=title)
+    rows = [_bench_cells(r, with_ap) for r in results]
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for i, header in enumerate(BENCH_HEADERS + (("AP",) if with_ap else ())):
-        table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
-    for r in results:
-        table.add_row(*_bench_cells(r, with_ap))
+        widest = max((len(row[i]) for row in rows), default=1)
+        if i == 0:
+            table.add_column(header, no_wrap=True)
+        else:
+            table.add_column(header, justify="right", min_width=max(widest, 4))
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
@@ -80,8 +89,9 @@ def bench_caption(results: Sequence[BenchResult], env: Mapping[str, str]) -> str
     machine = ", ".join(f"{k} {v}" for k, v in env.items())
     return (
         f"{machine}; device {r.device}, batch {r.batch}, {r.threads} threads, "
-        f"{r.warmup} warm-up + {r.iters} timed steps; latency = forward + post-processing "
-        "(no reading/resizing); GFLOPs per image with a multiply-add counted as 2"
+        f"{r.warmup} warm-up + {r.iters} timed steps; ms are medians, p90 of the latency; "
+        "latency = forward + post-processing (no reading/resizing); "
+        "GFLOPs per image with a multiply-add counted as 2"
     )
 
 
@@ -95,3 +105,10 @@ def bench_markdown(results: Sequence[BenchResult], env: Mapping[str, str]) -> st
     ]
     lines += ["| " + " | ".join(_bench_cells(r, with_ap)) + " |" for r in results]
     return "\n".join(lines) + "\n\n" + bench_caption(results, env) + "\n"
+
+
+def print_table(console: Console, table: Table, *, min_width: int = 120) -> None:
+    """Print `table`; into a file or pipe (80 columns by default) at least `min_width` wide,
+    so that logs keep whole rows."""
+    width = None if console.is_terminal else max(console.width, min_width)
+    console.print(table, width=width)

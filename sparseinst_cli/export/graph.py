@@ -14,13 +14,16 @@ import copy
 import torch
 from torch import nn
 
+from ..modeling.deform import DeformConv3x3
 from ..postprocess import mask_quality
 
 RAW_OUTPUTS = ("scores", "masks")
 END_TO_END_OUTPUTS = ("scores", "labels", "keep", "masks")
 
 
-def window_matrix(n: torch.Tensor | int, out: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def window_matrix(
+    n: torch.Tensor | int, out: int, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """0/1 matrix [out, n] of PyTorch's adaptive pooling windows, and the window lengths [out].
 
     Window i covers [floor(i*n/out), ceil((i+1)*n/out)), as in ATen's adaptive_avg_pool2d.
@@ -107,14 +110,36 @@ class EndToEndHead(nn.Module):
         return best * quality, labels, best > self.cls_threshold, masks
 
 
+class HalfPrecision(nn.Module):
+    """Runs `head` in float16 between float32 images in and float32 (or integer) outputs out,
+    so an fp16 export keeps the input format of the fp32 one."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head.half()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.head(images.half())
+        return tuple(o.float() if o.is_floating_point() else o for o in outputs)
+
+
+def has_deformable(model: nn.Module) -> bool:
+    """True when the model holds deformable convs (exported as ONNX DeformConv)."""
+    return any(isinstance(m, DeformConv3x3) for m in model.modules())
+
+
 def export_ready(
     model: nn.Module,
     *,
     end_to_end: bool = False,
+    half: bool = False,
     cls_threshold: float = 0.005,
     mask_threshold: float = 0.45,
 ) -> nn.Module:
-    """A deep copy of `model` with dynamic pooling, wrapped in the chosen output layout, in eval."""
+    """A deep copy of `model` with dynamic pooling, wrapped in the chosen output layout, in eval.
+
+    half: weights and activations in float16; images in and scores/masks out stay float32.
+    """
     model = copy.deepcopy(model).eval()
     swap_adaptive_pools(model)
     if end_to_end:
@@ -123,4 +148,4 @@ def export_ready(
         )
     else:
         head = RawHead(model)
-    return head.eval()
+    return (HalfPrecision(head) if half else head).eval()

@@ -1,0 +1,20 @@
+# Plain entry points: `make demo` trains and evaluates the demo model, `make test` runs the tests.
+# Both create .venv and install the project on first use (torch from the local wheel store).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test lint
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check sparseinst_cli tests

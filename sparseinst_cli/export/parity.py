@@ -1,0 +1,173 @@
+"""Every export checks itself: the exported graph against the PyTorch model on a real image.
+
+At each size the image is resized to fit inside (h, w) keeping its aspect ratio and padded with
+the pixel mean, as `predict` pads; both models get the same tensor. Compared: max |diff| of the
+scores and of the mask probabilities (every query, every pixel), and the final instances: the
+queries the PyTorch model keeps, their masks resized to the original image and thresholded as
+post-processing does, IoU per instance (the table shows the lowest).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.transforms import resize_image
+from ..postprocess import resize_masks_thresholded
+from ..preprocess import ImageBatch
+from .graph import END_TO_END_OUTPUTS, RAW_OUTPUTS, EndToEndHead, RawHead
+
+DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((320, 480), (608, 800))
+TOLERANCE = 1e-4  # max |diff| of scores and mask probabilities, fp32
+HALF_TOLERANCE = 5e-2  # fp16 graph against the fp32 model
+MIN_IOU = 0.99
+HALF_MIN_IOU = 0.9
+PARITY_IMAGE = "000000006471.jpg"  # COCO val2017 (500 x 333), shipped under assets/
+
+Runner = Callable[[torch.Tensor], dict[str, torch.Tensor]]  # images -> named outputs
+
+
+def default_image_path() -> Path:
+    return Path(str(resources.files("sparseinst_cli") / "assets" / PARITY_IMAGE))
+
+
+@dataclass
+class ParityRow:
+    """The check at one input size; `skipped` rows carry the reason in `note`."""
+
+    size: tuple[int, int]
+    score_diff: float = float("nan")
+    mask_diff: float = float("nan")
+    instances: int = 0
+    min_iou: float | None = None  # None: no instance to compare
+    tolerance: float = TOLERANCE
+    min_iou_required: float = MIN_IOU
+    reference_ms: float = 0.0
+    exported_ms: float = 0.0
+    note: str = ""
+    mismatch: str = ""  # labels / keep flags that differ (end-to-end layout)
+    skipped: bool = False
+
+    @property
+    def passed(self) -> bool:
+        if self.skipped:
+            return True
+        iou_ok = self.min_iou is None or self.min_iou >= self.min_iou_required
+        diffs_ok = self.score_diff <= self.tolerance and self.mask_diff <= self.tolerance
+        return diffs_ok and iou_ok and not self.mismatch
+
+
+def parity_batch(image: np.ndarray, hw: tuple[int, int], pixel_mean: list[float]) -> ImageBatch:
+    """uint8 RGB [H, W, 3] -> a [1, 3, h, w] batch: resized to fit (aspect kept), mean-padded."""
+    big_h, big_w = image.shape[:2]
+    scale = min(hw[0] / big_h, hw[1] / big_w)
+    nh, nw = min(hw[0], int(big_h * scale + 0.5)), min(hw[1], int(big_w * scale + 0.5))
+    resized = torch.from_numpy(np.array(resize_image(image, (nh, nw)))).permute(2, 0, 1).float()
+    images = torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1).repeat(1, 1, *hw)
+    images[0, :, :nh, :nw] = resized
+    return ImageBatch(images=images, image_sizes=[(nh, nw)], orig_sizes=[(big_h, big_w)])
+
+
+def reference_runner(
+    model: nn.Module, *, end_to_end: bool, cls_threshold: float, mask_threshold: float
+) -> Runner:
+    """The unmodified PyTorch model (adaptive pools and all) with the export's output layout."""
+    if end_to_end:
+        head: nn.Module = EndToEndHead(
+            model, cls_threshold=cls_threshold, mask_threshold=mask_threshold
+        )
+    else:
+        head = RawHead(model)
+    names = END_TO_END_OUTPUTS if end_to_end else RAW_OUTPUTS
+    device = next(model.parameters()).device
+
+    @torch.inference_mode()
+    def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v.cpu() for k, v in zip(names, head.eval()(images.to(device)))}
+
+    return run
+
+
+def _mask_ious(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """bool [n, H, W] x2 -> IoU per instance [n] (1.0 where both are empty)."""
+    inter = (a & b).flatten(1).sum(1).double()
+    union = (a | b).flatten(1).sum(1).double()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def compare(
+    ref: dict[str, torch.Tensor],
+    got: dict[str, torch.Tensor],
+    batch: ImageBatch,
+    *,
+    cls_threshold: float,
+    mask_threshold: float,
+    tolerance: float = TOLERANCE,
+    min_iou: float = MIN_IOU,
+) -> ParityRow:
+    """One image's outputs of both models -> a ParityRow (see the module doc)."""
+    got = {k: v.float() if v.is_floating_point() else v for k, v in got.items()}
+    row = ParityRow(size=batch.padded_size, tolerance=tolerance, min_iou_required=min_iou)
+    row.score_diff = float((ref["scores"] - got["scores"]).abs().max())
+    row.mask_diff = float((ref["masks"] - got["masks"]).abs().max())
+    if "keep" in ref:  # end-to-end layout
+        keep = ref["keep"][0]
+        for name in ("labels", "keep"):
+            n = int((ref[name] != got[name]).sum())
+            if n:
+                row.mismatch += f"{name} differ on {n} queries; "
+    else:
+        keep = ref["scores"][0].max(-1).values > cls_threshold
+    idx = torch.nonzero(keep).squeeze(1)
+    row.instances = int(idx.numel())
+    if row.instances:
+        geometry = dict(
+            padded_hw=batch.padded_size, image_hw=batch.image_sizes[0],
+            orig_hw=batch.orig_sizes[0], threshold=mask_threshold,
+        )
+        a = resize_masks_thresholded(ref["masks"][0][idx], **geometry)
+        b = resize_masks_thresholded(got["masks"][0][idx], **geometry)
+        row.min_iou = float(_mask_ious(a, b).min())
+    return row
+
+
+def check_parity(
+    reference: Runner,
+    exported: Runner,
+    image: np.ndarray,
+    sizes: tuple[tuple[int, int], ...],
+    *,
+    pixel_mean: list[float],
+    cls_threshold: float,
+    mask_threshold: float,
+    half: bool = False,
+) -> list[ParityRow]:
+    """Run both models at each size and compare (fp16 exports against the fp32 model, loosened)."""
+    rows = []
+    for hw in sizes:
+        batch = parity_batch(image, hw, pixel_mean)
+        t0 = time.perf_counter()
+        ref = reference(batch.images)
+        t1 = time.perf_counter()
+        got = exported(batch.images)
+        t2 = time.perf_counter()
+        row = compare(
+            ref, got, batch, cls_threshold=cls_threshold, mask_threshold=mask_threshold,
+            tolerance=HALF_TOLERANCE if half else TOLERANCE,
+            min_iou=HALF_MIN_IOU if half else MIN_IOU,
+        )
+        row.reference_ms, row.exported_ms = (t1 - t0) * 1000, (t2 - t1) * 1000
+        if half:
+            row.note = "fp16 vs fp32 model, loosened tolerance"
+        rows.append(row)
+    return rows
+
+
+def skipped_rows(sizes: tuple[tuple[int, int], ...], reason: str) -> list[ParityRow]:
+    return [ParityRow(size=hw, skipped=True, note=reason) for hw in sizes]

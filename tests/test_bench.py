@@ -1,0 +1,159 @@
+"""`sparseinst bench` and the benchmark engine: timing, statistics, FLOPs, the command."""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from sparseinst_cli.cli.app import main
+from sparseinst_cli.cli.targets import official_variants
+from sparseinst_cli.data.coco import read_image_rgb
+from sparseinst_cli.engine.benchmark import (
+    BenchSettings,
+    Stats,
+    benchmark,
+    count_gflops,
+    default_image_path,
+    trust_warnings,
+)
+from sparseinst_cli.modeling.deform import DeformConv3x3
+from sparseinst_cli.predictor import Predictor, load_model
+
+SIZE = 256  # small inputs keep the tests fast; the shipped image becomes 256 x 384
+
+
+def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run `sparseinst ARGS` through the real entry point; returns (status, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["sparseinst", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def r50():
+    return load_model(None, "r50_giam")
+
+
+def test_stats_median_and_p90():
+    s = Stats.of([0.001 * v for v in (5, 1, 4, 2, 3, 6, 7, 8, 9, 10)])
+    assert s.median == pytest.approx(5.5)
+    assert s.p90 == pytest.approx(9.1)  # linear interpolation, numpy's default
+
+
+def test_trust_warnings_name_the_option():
+    assert trust_warnings(3, 10) == []
+    notes = trust_warnings(1, 5)
+    assert len(notes) == 2 and "--warmup" in notes[0] and "--iters" in notes[1]
+
+
+def test_gflops_of_a_convolution_and_a_deformable_one():
+    x = torch.zeros(1, 8, 16, 16)
+    conv = nn.Conv2d(8, 4, 3, padding=1, bias=False)
+    expected = 2 * 4 * 16 * 16 * 8 * 9 / 1e9  # 2 FLOPs per multiply-add
+    assert count_gflops(conv, x) == pytest.approx(expected)
+    assert count_gflops(DeformConv3x3(8, 4), x) > expected  # deform conv + its offset conv
+    offset_conv = 2 * 18 * 16 * 16 * 8 * 9 / 1e9
+    assert count_gflops(DeformConv3x3(8, 4), x) == pytest.approx(expected + offset_conv)
+
+
+def test_shipped_image_exists():
+    assert read_image_rgb(default_image_path()).shape == (333, 500, 3)
+
+
+def test_latency_agrees_with_an_independent_timing(r50):
+    """The reported median equals a plain perf_counter loop over forward + post within 10%."""
+    image = read_image_rgb(default_image_path())
+    settings = BenchSettings(warmup=2, iters=8)
+    predictor = Predictor(None, loaded=r50, min_size=SIZE)
+    batch = predictor.prepare([image])
+
+    def independent() -> float:
+        times = []
+        for _ in range(settings.warmup + settings.iters):
+            t0 = time.perf_counter()
+            predictor.postprocess(predictor.forward(batch), batch)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[settings.warmup:]) * 1000
+
+    # Alternate the two, so that load from other processes affects both alike.
+    ours, theirs = [], []
+    for _ in range(2):
+        ours.append(benchmark(r50, image, variant="r50", size=SIZE, settings=settings).total_ms)
+        theirs.append(independent())
+    reported = statistics.mean(s.median for s in ours)
+    assert reported == pytest.approx(statistics.mean(theirs), rel=0.10)
+
+
+def test_result_fields(r50):
+    image = read_image_rgb(default_image_path())
+    calls = []
+    r = benchmark(
+        r50, image, variant="r50_giam", size=SIZE, settings=BenchSettings(warmup=1, iters=2, batch=2),
+        on_progress=lambda done, total: calls.append((done, total)),
+    )
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    assert r.input_hw == (256, 384) and r.batch == 2 and r.threads >= 1
+    assert r.params == sum(p.numel() for p in r50.model.parameters())
+    assert 10 < r.gflops < 100  # per image, not per batch
+    assert r.total_ms.median >= r.model_ms.median > 0
+    assert r.fps == pytest.approx(2000 / r.total_ms.median)
+    assert 0 <= r.detections <= 100
+
+
+def test_bench_command_writes_json_and_warns(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench.json"
+    code, stdout, stderr = run_cli(
+        ["bench", "-c", "r50_giam", "--size", str(SIZE), "--warmup", "0", "--iters", "2",
+         "--json", str(out)], monkeypatch, capsys,
+    )
+    assert code == 0, stderr
+    assert "r50_giam" in stdout and "FPS" in stdout
+    assert "--warmup 0 is below 3" in stderr and "--iters 2 is below 10" in stderr
+    data = json.loads(out.read_text())
+    assert set(data["environment"]) >= {"cpu", "torch", "torchvision", "python"}
+    (row,) = data["results"]
+    assert row["variant"] == "r50_giam" and row["size"] == SIZE and row["dtype"] == "fp32"
+    assert row["fps"] > 0 and row["gflops"] > 0 and row["params"] > 30e6
+    assert set(row["total_ms"]) == {"median", "p90"}
+
+
+def test_bench_markdown(monkeypatch, capsys):
+    code, stdout, stderr = run_cli(
+        ["-q", "bench", "-c", "r50_giam", "--size", "128", "--warmup", "3", "--iters", "10",
+         "--dtype", "bf16", "--markdown"], monkeypatch, capsys,
+    )
+    assert code == 0, stderr
+    assert stdout.startswith("| variant | size | dtype |")
+    assert "| r50_giam | 128 | bf16 |" in stdout and stderr == ""
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--all", "-c", "r50_giam"], "drop --config/--weights or --all"),
+        (["-c", "r50_giam", "--iters", "0"], "--iters 0 must be at least 1"),
+        (["-c", "r50_giam", "--dtype", "fp16"], "fp16 is for CUDA"),
+        (["-c", "r50_gaim"], "did you mean 'r50_giam'"),
+        (["-c", "r50_giam", "--size", "8"], "--size 8 is too small"),
+        ([], "bench needs --weights or --config"),
+    ],
+)
+def test_bench_user_errors(args, message, monkeypatch, capsys):
+    code, _, stderr = run_cli(["bench", *args], monkeypatch, capsys)
+    assert code == 2 and message in stderr.replace("\n", " ")
+
+
+def test_all_means_the_official_variants():
+    names = official_variants()
+    assert {"r50_giam", "r50vd_dcn_giam_aug", "pvt_b2_li_giam", "cspdarknet53_giam"} <= set(names)
+    assert not any(n.startswith("demo") for n in names)

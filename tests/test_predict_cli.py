@@ -1,0 +1,117 @@
+"""`sparseinst predict` end to end through the console entry point."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_util
+
+from sparseinst_cli.postprocess import filter_by_score
+from sparseinst_cli.predictor import Predictor
+
+CLI = [sys.executable, "-m", "sparseinst_cli"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def _scene(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    cv2.circle(image, (w // 3, h // 2), min(h, w) // 4, (230, 40, 40), -1)
+    cv2.rectangle(image, (w // 2, h // 4), (w - 10, h - 10), (40, 220, 60), -1)
+    return image
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("inputs")
+    Image.fromarray(_scene(120, 160, 0)).save(folder / "good.jpg", quality=95)
+    rgba = np.dstack([_scene(100, 140, 1), np.full((100, 140), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
+    gray16 = (_scene(90, 130, 2)[..., 0].astype(np.uint16) * 257)
+    cv2.imwrite(str(folder / "gray16.png"), gray16)  # 16-bit single-channel PNG
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    Image.fromarray(_scene(80, 150, 3)).save(folder / "rotated.jpg", exif=exif, quality=95)
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    return folder
+
+
+def test_folder_of_mixed_images(image_folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "viz"
+    result = run_cli(
+        "predict", image_folder, "--weights", tiny_checkpoint, "--out", out,
+        "--save-json", "--save-masks", "--conf", "0",
+    )
+    assert result.returncode == 1, result.stderr
+    assert "corrupt.jpg" in result.stderr and "Traceback" not in result.stderr
+    written = sorted(p.name for p in out.iterdir() if p.is_file() and p.suffix != ".json")
+    assert written == ["alpha.png", "good.jpg", "gray16.png", "rotated.jpg"]
+    assert cv2.imread(str(out / "rotated.jpg")).shape[:2] == (150, 80)  # EXIF honoured
+    entries = json.loads((out / "predictions.json").read_text())
+    assert sorted({e["file_name"] for e in entries}) == written
+    assert {e["category_name"] for e in entries} <= {"circle", "square", "triangle"}
+    assert {e["category_id"] for e in entries} <= {1, 3, 7}
+    label_map = cv2.imread(str(out / "masks" / "good.png"), cv2.IMREAD_UNCHANGED)
+    assert label_map.dtype == np.uint16 and label_map.shape == (120, 160)
+
+
+def test_json_masks_equal_python_api(image_folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "json"
+    run_cli("predict", image_folder / "good.jpg", image_folder / "alpha.png", "--weights",
+            tiny_checkpoint, "--out", out, "--save-json", "--no-images", "--conf", "0")
+    entries = json.loads((out / "predictions.json").read_text())
+    predictor = Predictor(tiny_checkpoint)
+    for name in ("good.jpg", "alpha.png"):
+        api = filter_by_score(predictor.predict(image_folder / name).instances, 0.0)
+        mine = [e for e in entries if e["file_name"] == name]
+        assert len(mine) == len(api) > 0
+        for entry, mask, score in zip(mine, api.masks, api.scores):
+            decoded = mask_util.decode(entry["segmentation"]).astype(bool)
+            assert np.array_equal(decoded, mask.numpy())
+            assert abs(entry["score"] - float(score)) < 1e-5
+
+
+def test_video_gives_same_frame_count(tiny_checkpoint, tmp_path):
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (96, 64))
+    for i in range(7):
+        writer.write(_scene(64, 96, i))
+    writer.release()
+    out = tmp_path / "vid"
+    result = run_cli("predict", video, "--weights", tiny_checkpoint, "--out", out, "--conf", "0")
+    assert result.returncode == 0, result.stderr
+    cap = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 7
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["nope/"], "source not found"),
+        (["{empty}"], "holds no images"),
+        (["{img}", "--weights", "missing.pth"], "checkpoint not found"),
+        (["{img}", "--device", "cuda"], "no CUDA GPU"),
+        (["{img}", "--dtype", "fp64"], "unknown dtype"),
+    ],
+)
+def test_bad_inputs_get_one_line(args, fragment, tmp_path, image_folder, tiny_checkpoint):
+    (tmp_path / "empty").mkdir()
+    subst = {"{empty}": str(tmp_path / "empty"), "{img}": str(image_folder / "good.jpg")}
+    args = [subst.get(a, a) for a in args]
+    if "--weights" not in args:
+        args += ["--weights", str(tiny_checkpoint)]
+    result = run_cli("predict", *args, "--out", tmp_path / "o")
+    assert result.returncode == 2
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
