@@ -14,6 +14,7 @@ from .config import Config, config_from_dict, load_config
 from .data.coco import read_image_rgb
 from .errors import UserError
 from .modeling import SparseInst, build_model
+from .modeling.inference import optimize_for_inference
 from .postprocess import Instances, postprocess
 from .preprocess import ImageBatch, prepare_images
 from .runtime import autocast_context, resolve_device, resolve_dtype
@@ -84,7 +85,8 @@ class Prediction:
 class Predictor:
     """`Predictor(weights, config).predict(image)` -> Prediction, the official pipeline end to end.
 
-    image: a path or an RGB uint8 array [H, W, 3].
+    image: a path or an RGB uint8 array [H, W, 3]. `optimize=False` keeps the network as
+    loaded (no BN folding, no channels-last), e.g. to compare against the unfused model.
     """
 
     def __init__(
@@ -101,12 +103,15 @@ class Predictor:
         mask_threshold: float | None = None,
         max_detections: int | None = None,
         loaded: LoadedModel | None = None,
+        optimize: bool = True,
     ):
         self.loaded = loaded or load_model(weights, config, overrides)
         cfg = self.loaded.config
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.model = self.loaded.model.to(self.device)
+        model = self.loaded.model.to(self.device)
+        # Folded BN and channels-last give the same outputs (checked) in less time.
+        self.model = optimize_for_inference(model) if optimize else model.eval()
         self.min_size = min_size or cfg.input.min_size_test
         self.max_size = max_size or cfg.input.max_size_test
         self.cls_threshold = cfg.test.cls_threshold if cls_threshold is None else cls_threshold
@@ -128,7 +133,7 @@ class Predictor:
     @torch.inference_mode()
     def forward(self, batch: ImageBatch) -> dict[str, torch.Tensor]:
         with autocast_context(self.device, self.dtype):
-            return self.model(batch.images.to(self.device))
+            return self.model(batch.images.to(self.device, memory_format=torch.channels_last))
 
     @torch.inference_mode()
     def postprocess(self, outputs: dict[str, torch.Tensor], batch: ImageBatch) -> list[Instances]:

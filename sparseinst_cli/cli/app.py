@@ -44,10 +44,14 @@ def root(
 
 def _register() -> None:
     """Each command lives in its own module; importing it here keeps app startup explicit."""
-    from . import bench, predict
+    from . import bench, evaluate, predict
 
     app.command("predict")(predict.predict)
     app.command("bench")(bench.bench)
+    app.command("eval")(evaluate.evaluate)
+    from . import export
+
+    app.command("export")(export.export)
 
 
 _register()

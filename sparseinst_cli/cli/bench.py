@@ -6,10 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..data.coco import read_image_rgb
+from ..data.datasets import SplitSpec, resolve_split
 from ..engine.benchmark import (
     BenchResult,
     BenchSettings,
@@ -19,9 +21,10 @@ from ..engine.benchmark import (
     environment,
     trust_warnings,
 )
+from ..engine.eval_jobs import EvalJob, run_eval
 from ..errors import UserError
 from ..fileio import atomic_write_json
-from ..predictor import load_model
+from ..predictor import LoadedModel, load_model
 from ..runtime import resolve_device, resolve_dtype
 from .console import console, info, state
 from .options import (
@@ -78,8 +81,9 @@ def bench(
         info(f"[yellow]warning:[/] {note}")
     if eval_data is not None and any(s.weights is None for s in specs):
         info("[yellow]warning:[/] --eval without --weights measures randomly initialised models")
+    split = resolve_split(eval_data, "val") if eval_data is not None else None
     picture = read_image_rgb(image or default_image_path())
-    results = _run(specs, size or [None], dtypes, settings, picture, eval_data)
+    results = _run(specs, size or [None], dtypes, settings, picture, split)
     env = environment()
     if markdown:
         console.print(bench_markdown(results, env), markup=False, highlight=False, soft_wrap=True)
@@ -128,7 +132,7 @@ def _settings(
 
 def _run(
     specs: list[ModelSpec], sizes: list[int | None], dtypes: list[str],
-    settings: BenchSettings, picture, eval_data: str | None,
+    settings: BenchSettings, picture: np.ndarray, split: SplitSpec | None,
 ) -> list[BenchResult]:
     """Every (model, size, dtype), one model in memory at a time, with a progress bar."""
     for s in sizes:
@@ -150,8 +154,9 @@ def _run(
                         on_progress=lambda done, total, t=task: progress.update(
                             t, completed=done, total=total),
                     )
-                    if eval_data is not None:
-                        result.ap = _mask_ap(loaded, eval_data, short, settings, dt)
+                    if split is not None:
+                        progress.update(task, description=f"{spec.label} {short} {dt} eval")
+                        result.ap = _mask_ap(loaded, split, short, settings, dt)
                     progress.remove_task(task)
                     results.append(result)
             del loaded
@@ -163,12 +168,12 @@ def _with_dtype(settings: BenchSettings, dtype: str) -> BenchSettings:
     return replace(settings, dtype=dtype)
 
 
-def _mask_ap(loaded, data: str, size: int, settings: BenchSettings, dtype: str) -> float | None:
-    """Mask AP (0-100) of the loaded model on the val split of `data`, at this size and dtype."""
-    from .evaluate import evaluate_loaded
-
-    metrics = evaluate_loaded(
-        loaded, data=data, size=size, max_size=settings.max_size,
+def _mask_ap(
+    loaded: LoadedModel, split: SplitSpec, size: int, settings: BenchSettings, dtype: str
+) -> float | None:
+    """Mask AP (0-100) of the loaded model on `split`, at this size and dtype."""
+    job = EvalJob(
+        weights=None, config=None, split=split, min_size=size, max_size=settings.max_size,
         device=settings.device, dtype=dtype,
     )
-    return metrics.get("AP")
+    return run_eval(job, loaded=loaded).metrics.get("AP")

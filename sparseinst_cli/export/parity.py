@@ -164,7 +164,7 @@ def check_parity(
         )
         row.reference_ms, row.exported_ms = (t1 - t0) * 1000, (t2 - t1) * 1000
         if half:
-            row.note = "fp16 vs fp32 model, loosened tolerance"
+            row.note = "fp16 vs fp32"
         rows.append(row)
     return rows
 

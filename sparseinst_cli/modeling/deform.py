@@ -17,6 +17,7 @@ class DeformConv3x3(nn.Module):
         super().__init__()
         self.stride, self.padding, self.dilation = stride, dilation, dilation
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
+        self.bias: nn.Parameter | None = None
         self.offset = nn.Conv2d(
             in_channels, 18, 3, stride=stride, padding=dilation, dilation=dilation
         )
@@ -36,5 +37,6 @@ class DeformConv3x3(nn.Module):
         """[B, C, H, W] -> [B, C_out, H/stride, W/stride]."""
         offset = self.offset(x)
         return deform_conv2d(
-            x, offset, self.weight, stride=self.stride, padding=self.padding, dilation=self.dilation
+            x, offset, self.weight, self.bias,  # bias: only set once BN is folded in
+            stride=self.stride, padding=self.padding, dilation=self.dilation,
         )

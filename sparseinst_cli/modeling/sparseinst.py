@@ -31,6 +31,14 @@ class SparseInst(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), False)
 
+    def with_backbone(self, backbone: nn.Module) -> SparseInst:
+        """A new network sharing this one's encoder and decoder (for inference rewrites)."""
+        return SparseInst(
+            backbone=backbone, encoder=self.encoder, decoder=self.decoder,
+            pixel_mean=self.pixel_mean.flatten().tolist(), pixel_std=self.pixel_std.flatten().tolist(),
+            size_divisibility=self.size_divisibility,
+        ).to(self.pixel_mean.device)
+
     @property
     def num_classes(self) -> int:
         return self.decoder.inst_branch.cls_score.out_features

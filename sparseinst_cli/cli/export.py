@@ -1,0 +1,134 @@
+"""`sparseinst export`: a checkpoint -> ONNX or TorchScript, checked against PyTorch."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..errors import UserError
+from ..export import ExportOptions, ExportResult, ParityError, export_model
+from ..export.parity import DEFAULT_SIZES
+from ..predictor import load_model
+from .console import console, info, state
+from .options import ConfigOpt, DeviceOpt, OutOpt, WeightsOpt
+
+
+def parse_hw(text: str, option: str) -> tuple[int, int]:
+    """'640' -> (640, 640); '608x800' -> (608, 800)."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise UserError(f"{option} {text!r} is not a size; write 640 or 608x800 (height x width)")
+    return (values[0], values[-1])
+
+
+def export(
+    weights: WeightsOpt = None,
+    config: ConfigOpt = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="onnx or torchscript, e.g. --format onnx.")
+    ] = "onnx",
+    out: OutOpt = None,
+    dynamic: Annotated[
+        bool,
+        typer.Option("--dynamic", help="ONNX: dynamic batch, height and width (multiples of 32)."),
+    ] = False,
+    end_to_end: Annotated[
+        bool,
+        typer.Option(
+            "--end-to-end",
+            help="Outputs per query: rescored score, label, keep flag, mask probabilities "
+            "(default: class scores and mask probabilities).",
+        ),
+    ] = False,
+    opset: Annotated[
+        int | None, typer.Option("--opset", help="ONNX opset (default 17; 19 for DCN), e.g. 19.")
+    ] = None,
+    half: Annotated[
+        bool, typer.Option("--half", help="fp16 weights and compute (for GPUs); fp32 in and out.")
+    ] = False,
+    size: Annotated[
+        str | None,
+        typer.Option(
+            "--size", help="Input HxW of a static graph (default 640x640) or of the trace, "
+            "e.g. 608x800.",
+        ),
+    ] = None,
+    device: DeviceOpt = "cpu",
+    exporter: Annotated[
+        str,
+        typer.Option(
+            "--exporter", help="ONNX exporter: torchscript (fast) or dynamo (torch.export)."
+        ),
+    ] = "torchscript",
+    check_size: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--check-size",
+            help="Sizes of the parity check of dynamic exports; repeat, e.g. --check-size 320x480.",
+        ),
+    ] = None,
+) -> None:
+    """Export a model, then check it against PyTorch. Example:
+    sparseinst export -w model.pth --format onnx --dynamic --out model.onnx"""
+    if weights is None:
+        raise UserError("export needs --weights, e.g. --weights model.pth (official: + --config)")
+    options = ExportOptions(
+        format=fmt.lower(), out=out, dynamic=dynamic, end_to_end=end_to_end, opset=opset,
+        half=half, size=parse_hw(size, "--size") if size else None, device=device,
+        exporter=exporter.lower(),
+        parity_sizes=tuple(parse_hw(s, "--check-size") for s in check_size)
+        if check_size else DEFAULT_SIZES,
+    )
+    loaded = load_model(weights, config)
+    try:
+        result = export_model(loaded, options, notify=info)
+    except ParityError as exc:
+        _render(exc.result)
+        raise
+    _render(result)
+
+
+def _fmt(value: float) -> str:
+    return "-" if value != value else f"{value:.2e}"  # NaN: not measured
+
+
+def _render(result: ExportResult) -> None:
+    if state.quiet:
+        return
+    tol = result.rows[0] if result.rows else None
+    caption = (
+        f"pass: max|diff| <= {tol.tolerance:g} and mask IoU >= {tol.min_iou_required:g}"
+        if tol else None
+    )
+    table = Table(title=f"{result.format} ({result.layout}) vs PyTorch", caption=caption)
+    columns = ("input", "scores |d|", "masks |d|", "inst", "min IoU", "torch ms", "export ms",
+               "result")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("input", "result") else "right")
+    for r in result.rows:
+        if r.skipped:
+            verdict = f"[yellow]skipped[/]: {r.note}"
+        elif r.passed:
+            verdict = "[green]pass[/]" + (f" ({r.note})" if r.note else "")
+        else:
+            verdict = "[red]FAIL[/]" + (f" {r.mismatch}" if r.mismatch else "")
+        table.add_row(
+            f"{r.size[0]}x{r.size[1]}", _fmt(r.score_diff), _fmt(r.mask_diff), str(r.instances),
+            "-" if r.min_iou is None else f"{r.min_iou:.4f}",
+            f"{r.reference_ms:.0f}", f"{r.exported_ms:.0f}", verdict,
+        )
+    console.print(table)
+    timing = f"export {result.export_seconds:.1f} s, check {result.check_seconds:.1f} s"
+    if result.written:
+        mb = Path(result.path).stat().st_size / 1e6
+        console.print(
+            f"wrote {result.path} ({mb:.1f} MB, input {result.input_size}"
+            + (f", opset {result.opset}" if result.opset else "") + f"; {timing})",
+            highlight=False,
+        )

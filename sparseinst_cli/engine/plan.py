@@ -1,0 +1,246 @@
+"""From what the user asked (TrainOptions) to what every process does (TrainPlan).
+
+All user mistakes surface here, in the launching process, before any training process starts:
+the config, the data and its classes, the batch split, precision, devices and the run folder.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import is_ours, read_checkpoint
+from ..config import Config, config_from_dict, load_config, save_config
+from ..data.coco import CocoInstances
+from ..data.datasets import SplitSpec, resolve_split
+from ..errors import UserError
+from . import run_dir as files
+from .distributed import under_torchrun
+from .state import read_train_state
+from .trainer import schedule_of
+
+AMP_MODES = ("none", "fp16", "bf16")
+
+
+@dataclass
+class TrainOptions:
+    """Everything `sparseinst train` accepts; None means "from the config"."""
+
+    config: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    data: str | None = None
+    weights: str | None = None
+    backbone_weights: str | None = None
+    gpus: int = 1  # processes
+    batch: int | None = None  # images per iteration over all processes
+    iters: int | None = None
+    time_minutes: float | None = None
+    name: str | None = None  # default "exp"
+    project: str = "runs/train"
+    exist_ok: bool = False
+    resume: bool = False
+    amp: str | None = None
+    device: str | None = None  # None: CUDA when present, else CPU
+    workers: int | None = None
+    stop_after: int | None = None  # stop as if interrupted after this many iterations (tests)
+
+
+@dataclass
+class TrainPlan:
+    """What every training process needs; picklable, so spawned processes receive it."""
+
+    config: dict[str, Any]
+    run_dir: str
+    train_split: SplitSpec
+    val_split: SplitSpec | None
+    val_images: int | None
+    class_names: list[str]
+    category_ids: list[int]
+    world_size: int
+    device_type: str  # cpu | cuda
+    device: str  # the device of a single process (cpu, cuda, cuda:1)
+    workers: int
+    eval_batch: int
+    resume: bool = False
+    weights: str | None = None
+    backbone_weights: str | None = None
+    time_seconds: float | None = None
+    stop_after: int | None = None
+
+
+def pick_device(name: str | None, gpus: int) -> tuple[str, str]:
+    """(device type, single-process device) for --device and --gpus."""
+    name = name or ("cuda" if torch.cuda.is_available() else "cpu")
+    kind = name.split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device '{name}'; use cpu, cuda or cuda:N")
+    if kind == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise UserError("--device cuda was asked for, but no CUDA GPU is available; use cpu")
+        if gpus > count and not under_torchrun():  # torchrun: gpus counts every node's GPUs
+            raise UserError(f"--gpus {gpus} but {count} GPU(s) are visible; use --gpus {count}")
+    return kind, name
+
+
+def check_amp(amp: str, device_type: str) -> str:
+    if amp not in AMP_MODES:
+        raise UserError(f"--amp {amp!r} is not one of {', '.join(AMP_MODES)}")
+    if amp == "fp16" and device_type != "cuda":
+        raise UserError("--amp fp16 needs a CUDA GPU; on a CPU use --amp bf16 or none")
+    return amp
+
+
+def read_classes(train: SplitSpec, val: SplitSpec | None, filter_empty: bool) -> tuple:
+    """(class names, category ids, train images, val images) of the dataset; checks val."""
+    source = CocoInstances(annotations=train.annotations, images=train.images,
+                           filter_empty=filter_empty, names=train.names)
+    if len(source) == 0:
+        raise UserError(
+            f"{train.annotations} has no image with an instance to train on; "
+            "check the annotations (or set data.filter_empty=false)"
+        )
+    val_images = None
+    if val is not None:
+        val_source = CocoInstances(annotations=val.annotations, images=val.images,
+                                   filter_empty=False, names=val.names)
+        if val_source.category_ids != source.category_ids:
+            raise UserError(
+                f"{val.annotations} has category ids {val_source.category_ids[:8]} but the train "
+                f"split has {source.category_ids[:8]}; both splits need the same categories"
+            )
+        val_images = len(val_source)
+    return source.class_names, source.category_ids, len(source), val_images
+
+
+def resolve_splits(data: str, notice) -> tuple[SplitSpec, SplitSpec | None]:
+    train = resolve_split(data, "train")
+    try:
+        val = resolve_split(data, "val")
+    except UserError as exc:
+        notice(f"no validation split, so no evaluation and best.pth is the final model ({exc})")
+        val = None
+    return train, val
+
+
+def base_config(options: TrainOptions) -> Config:
+    """--config (with overrides), else the config inside an own --weights checkpoint."""
+    if options.config is not None:
+        return load_config(options.config, options.overrides)
+    if options.weights is not None:
+        ckpt = read_checkpoint(options.weights)
+        if is_ours(ckpt):
+            from ..config import _deep_merge, parse_overrides
+
+            data = _deep_merge(ckpt["config"], parse_overrides(list(options.overrides)))
+            return config_from_dict(data)
+    raise UserError("train needs --config (a zoo name such as demo, or a YAML file)")
+
+
+def apply_options(cfg: Config, options: TrainOptions, world: int, notice) -> None:
+    """Batch, iterations and precision from the command line into the config."""
+    solver = cfg.solver
+    if options.batch is not None and options.batch != solver.batch_size:
+        suggested = solver.lr * options.batch / solver.batch_size
+        notice(
+            f"batch {options.batch} instead of the config's {solver.batch_size}: the linear "
+            f"scaling rule suggests solver.lr={suggested:.3g} (config: {solver.lr:.3g})"
+        )
+        solver.batch_size = options.batch
+    if solver.batch_size < world or solver.batch_size % world:
+        raise UserError(
+            f"--batch {solver.batch_size} cannot be split evenly over {world} processes; "
+            f"use a multiple of {world}"
+        )
+    if options.iters is not None and options.time_minutes is not None:
+        raise UserError("give either --iters or --time, not both")
+    for value, flag in ((options.iters, "--iters"), (options.time_minutes, "--time")):
+        if value is not None and value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
+    if options.iters is not None:
+        schedule = schedule_of(cfg).fit_to(options.iters)
+        solver.max_iter, solver.steps = schedule.max_iter, list(schedule.steps)
+        solver.warmup_iters = schedule.warmup_iters
+    if options.amp is not None:
+        solver.amp = options.amp
+
+
+def prepare_new(options: TrainOptions, notice) -> TrainPlan:
+    """Plan a fresh run: config, data, classes, run folder (created, with config.yaml)."""
+    cfg = base_config(options)
+    data = options.data or cfg.data.train
+    if not data:
+        raise UserError("train needs --data (a DATA.yaml, coco_2017 or demo)")
+    kind, device = pick_device(options.device, options.gpus)
+    train, val = resolve_splits(data, notice)
+    names, ids, n_train, n_val = read_classes(train, val, cfg.data.filter_empty)
+    if cfg.model.num_classes != len(ids):
+        notice(f"the dataset has {len(ids)} classes: model.num_classes {cfg.model.num_classes} "
+               f"-> {len(ids)}")
+        cfg.model.num_classes = len(ids)
+    cfg.data.train = data
+    apply_options(cfg, options, options.gpus, notice)
+    check_amp(cfg.solver.amp, kind)
+    for path, flag in ((options.weights, "--weights"), (options.backbone_weights,
+                                                        "--backbone-weights")):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{flag} {path}: file not found")
+    run = files.new_run_dir(Path(options.project), options.name or "exp",
+                            exist_ok=options.exist_ok)
+    for stale in (files.METRICS, files.BEST, files.LAST, files.PLOT):
+        (run / stale).unlink(missing_ok=True)
+    save_config(cfg, run / files.CONFIG_FILE)
+    return TrainPlan(
+        config=cfg.to_dict(), run_dir=str(run), train_split=train, val_split=val,
+        val_images=n_val, class_names=names, category_ids=ids, world_size=options.gpus,
+        device_type=kind, device=device, workers=_workers(options, cfg),
+        eval_batch=max(1, cfg.solver.batch_size // options.gpus),
+        weights=options.weights, backbone_weights=options.backbone_weights,
+        time_seconds=options.time_minutes * 60 if options.time_minutes else None,
+        stop_after=options.stop_after,
+    )
+
+
+def prepare_resume(options: TrainOptions, notice) -> TrainPlan:
+    """Plan the continuation of a run from its last.pth; its config and data are kept."""
+    run = files.resume_dir(Path(options.project), options.name)
+    ckpt = read_train_state(run / files.LAST)
+    cfg = config_from_dict(ckpt["config"])
+    ignored = [flag for flag, value in (
+        ("--config", options.config), ("--data", options.data), ("--weights", options.weights),
+        ("--batch", options.batch), ("--iters", options.iters), ("--time", options.time_minutes),
+        ("--amp", options.amp), ("KEY=VALUE", options.overrides or None),
+    ) if value is not None]
+    if ignored:
+        notice(f"resuming {run}: {', '.join(ignored)} ignored (the run keeps its own settings)")
+    kind, device = pick_device(options.device, options.gpus)
+    check_amp(cfg.solver.amp, kind)
+    if cfg.solver.batch_size % options.gpus:
+        raise UserError(f"the run's batch {cfg.solver.batch_size} cannot be split over "
+                        f"{options.gpus} processes; pick another --gpus")
+    train, val = resolve_splits(cfg.data.train, notice)
+    _, _, _, n_val = read_classes(train, val, cfg.data.filter_empty)
+    return TrainPlan(
+        config=cfg.to_dict(), run_dir=str(run), train_split=train, val_split=val,
+        val_images=n_val, class_names=list(ckpt["class_names"]),
+        category_ids=list(ckpt["category_ids"]), world_size=options.gpus, device_type=kind,
+        device=device, workers=_workers(options, cfg),
+        eval_batch=max(1, cfg.solver.batch_size // options.gpus), resume=True,
+        stop_after=options.stop_after,
+    )
+
+
+def _workers(options: TrainOptions, cfg: Config) -> int:
+    workers = cfg.data.num_workers if options.workers is None else options.workers
+    if workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {workers}")
+    return min(workers, os.cpu_count() or 1)
+
+
+def prepare_plan(options: TrainOptions, notice) -> TrainPlan:
+    if options.gpus < 1:
+        raise UserError(f"--gpus must be at least 1, got {options.gpus}")
+    return prepare_resume(options, notice) if options.resume else prepare_new(options, notice)

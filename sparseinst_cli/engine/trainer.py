@@ -1,0 +1,218 @@
+"""The training loop of one process: step, skip non-finite losses, checkpoint, evaluate.
+
+Every decision that changes what the processes do next (skip a step, roll back, stop, the
+iteration count of a --time budget) is all-reduced first, so all processes take it together.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import Config
+from ..data.coco import CocoInstances, CocoTrainDataset
+from ..data.loader import build_train_loader
+from ..data.transforms import TransformConfig
+from ..errors import RunError
+from ..losses import SparseInstCriterion
+from ..matcher import HungarianMatcher
+from ..preprocess import pad_batch
+from ..runtime import autocast_context
+from .callbacks import TrainCallbacks
+from .distributed import DistContext, all_reduce_sum
+from .optim import build_optimizer
+from .schedule import LRController, TimeBudget, WarmupMultiStep
+
+NONFINITE_LIMIT = 3  # non-finite losses in a row before a rollback
+MAX_ROLLBACKS = 5
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "none": torch.float32}
+
+
+def build_criterion(cfg: Config) -> SparseInstCriterion:
+    loss = cfg.loss
+    return SparseInstCriterion(
+        matcher=HungarianMatcher(alpha=loss.matcher_alpha, beta=loss.matcher_beta),
+        num_classes=cfg.model.num_classes, class_weight=loss.class_weight,
+        mask_bce_weight=loss.mask_bce_weight, dice_weight=loss.dice_weight,
+        objectness_weight=loss.objectness_weight, focal_alpha=loss.focal_alpha,
+        focal_gamma=loss.focal_gamma,
+    )
+
+
+def schedule_of(cfg: Config) -> WarmupMultiStep:
+    s = cfg.solver
+    return WarmupMultiStep(
+        max_iter=s.max_iter, steps=tuple(s.steps), gamma=s.gamma, warmup_iters=s.warmup_iters,
+        warmup_factor=s.warmup_factor,
+    )
+
+
+def transform_of(cfg: Config) -> TransformConfig:
+    i = cfg.input
+    return TransformConfig(
+        min_sizes=tuple(i.min_size_train), max_size=i.max_size_train, flip_prob=i.flip_prob,
+        crop_enabled=i.crop_enabled, crop_size=tuple(i.crop_size), crop_prob=i.crop_prob,
+        crop_resize_sizes=tuple(i.crop_resize_sizes),
+    )
+
+
+def to_device_batch(
+    images: list[torch.Tensor], targets: list[dict], pixel_mean: list[float], device: torch.device
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """uint8 images [3, h_i, w_i] -> padded float batch [B, 3, Hp, Wp]; target masks zero-padded
+    to [M_i, Hp, Wp] as the criterion expects."""
+    batch = pad_batch([im.float() for im in images], pixel_mean)
+    hp, wp = batch.shape[-2:]
+    out = []
+    for t in targets:
+        masks = t["masks"]
+        padded = torch.zeros((masks.shape[0], hp, wp), dtype=torch.bool)
+        padded[:, : masks.shape[1], : masks.shape[2]] = masks
+        out.append({"labels": t["labels"].to(device), "masks": padded.to(device)})
+    return batch.to(device, non_blocking=True), out
+
+
+@dataclass
+class StepResult:
+    losses: dict[str, float]
+    lr: float
+    finite: bool
+    stop: bool
+    budget_iters: int = 0  # >0: the --time budget fixed the iteration count
+
+
+@dataclass
+class LoopState:
+    """Counters the loop carries between iterations (and into last.pth)."""
+
+    iteration: int = 0
+    nonfinite: int = 0
+    rollbacks: int = 0
+    best_ap: float | None = None
+    budget_left: float | None = None  # seconds, while a --time budget is not measured yet
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Stepper:
+    """Owns the model, criterion, optimizer, lr and scaler; runs one iteration at a time."""
+
+    def __init__(self, model: nn.Module, cfg: Config, ctx: DistContext):
+        self.cfg, self.ctx = cfg, ctx
+        self.device = torch.device(ctx.device)
+        self.model = model
+        self.criterion = build_criterion(cfg)
+        self.optimizer = build_optimizer(model, cfg.solver)
+        self.lr = LRController(schedule_of(cfg))
+        self.amp = AMP_DTYPES[cfg.solver.amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.solver.amp == "fp16")
+        self.ddp: nn.Module = model
+        if ctx.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(model, device_ids=ids)
+
+    def step(
+        self, iteration: int, images: list, targets: list, *, stop: bool, budget_iters: int = 0
+    ) -> StepResult:
+        """One optimisation step; skipped (no update) when any process saw a non-finite loss."""
+        lr = self.lr.apply(self.optimizer, iteration)
+        batch, targets = to_device_batch(images, targets, self.cfg.model.pixel_mean, self.device)
+        with autocast_context(self.device, self.amp):
+            outputs = self.ddp(batch)
+        finite_out = all(bool(torch.isfinite(v).all()) for v in outputs.values())
+        bad = all_reduce_sum(torch.tensor([0.0 if finite_out else 1.0], device=self.device))
+        if bad.item() > 0:
+            losses = {"loss_cls": math.nan}
+            total = None
+        else:
+            loss_dict = self.criterion(outputs, targets)
+            total = sum(loss_dict.values())
+            losses = {k: float(v.detach()) for k, v in loss_dict.items()}
+        flags = self._agree(losses, total, stop, budget_iters)
+        result = StepResult(
+            losses=flags["losses"], lr=lr, finite=flags["finite"], stop=flags["stop"],
+            budget_iters=flags["budget_iters"],
+        )
+        if result.finite:
+            self._update(total)
+        self.optimizer.zero_grad(set_to_none=True)
+        return result
+
+    def _agree(
+        self, losses: dict[str, float], total: torch.Tensor | None, stop: bool, budget_iters: int
+    ) -> dict[str, Any]:
+        """All-reduce [non-finite, stop, budget, losses...]; averages the losses for display."""
+        keys = ["loss_cls", "loss_mask_bce", "loss_dice", "loss_objectness"]
+        finite = total is not None and bool(torch.isfinite(total.detach()))
+        values = [0.0 if finite else 1.0, float(stop), float(budget_iters)]
+        values += [losses.get(k, 0.0) if finite else 0.0 for k in keys]
+        reduced = all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device))
+        reduced = reduced.tolist()
+        world = self.ctx.world_size
+        ok = reduced[0] == 0
+        mean = {k: v / world for k, v in zip(keys, reduced[3:])} if ok else losses
+        if ok:
+            mean["total_loss"] = sum(mean.values())
+        return {"finite": ok, "stop": reduced[1] > 0, "budget_iters": int(reduced[2]),
+                "losses": mean}
+
+    def _update(self, total: torch.Tensor) -> None:
+        self.scaler.scale(total).backward()
+        clip = self.cfg.solver.clip_grad_norm
+        if clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "lr": self.lr.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr.load_state_dict(state["lr"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def build_train_data(cfg: Config, source: CocoInstances, ctx: DistContext, *, workers: int,
+                     start_iter: int):
+    """This process's endless loader of (images, targets), starting at `start_iter`."""
+    dataset = CocoTrainDataset(source, transform=transform_of(cfg), seed=cfg.seed)
+    return build_train_loader(
+        dataset, batch_size=cfg.solver.batch_size // ctx.world_size, num_workers=workers,
+        seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, start_iter=start_iter,
+        pin_memory=ctx.device.startswith("cuda"),
+    )
+
+
+def budget_decision(budget: TimeBudget | None, ctx: DistContext, iteration: int) -> int:
+    """Rank 0's iteration count once its --time measurement is done, else 0."""
+    if budget is None or not ctx.is_main:
+        return 0
+    return budget.observe(iteration) or 0
+
+
+def seconds_since(start: float) -> float:
+    return time.monotonic() - start
+
+
+def check_rollbacks(state: LoopState) -> None:
+    if state.rollbacks >= MAX_ROLLBACKS:
+        raise RunError(
+            f"training diverged: still non-finite losses after {MAX_ROLLBACKS} rollbacks; "
+            "lower solver.lr or set solver.clip_grad_norm (e.g. 1.0)"
+        )
+
+
+def notify(callbacks: TrainCallbacks | None, message: str) -> None:
+    if callbacks is not None:
+        callbacks.on_notice(message)

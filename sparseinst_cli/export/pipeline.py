@@ -1,0 +1,246 @@
+"""`export_model`: a loaded model -> a checked ONNX or TorchScript file, written atomically.
+
+Steps: copy the model with export-friendly pooling and the chosen output layout (graph.py),
+write it under a temporary name beside `out`, run the parity check (parity.py) on that file,
+and rename it to `out` only when every size passed. A failed check leaves no file behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..data.coco import read_image_rgb
+from ..errors import RunError, UserError
+from ..runtime import resolve_device
+from . import onnx as onnx_io
+from .graph import END_TO_END_OUTPUTS, RAW_OUTPUTS, export_ready, has_deformable
+from .parity import (
+    DEFAULT_SIZES,
+    ParityRow,
+    Runner,
+    check_parity,
+    default_image_path,
+    parity_batch,
+    reference_runner,
+    skipped_rows,
+)
+from .torchscript import load_torchscript, write_torchscript
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
+STATIC_SIZE = (640, 640)  # the official export's fixed size
+INPUT_FORMAT = (
+    "images: float32 [B, 3, H, W] NCHW, RGB 0-255, H and W multiples of 32, padded bottom/right "
+    "with pixel_mean; the graph normalises (x - pixel_mean) / pixel_std itself"
+)
+OUTPUTS = {
+    "raw": "scores [B,N,K] = sqrt(sigmoid(cls) * sigmoid(objectness)); "
+    "masks [B,N,H/4,W/4] probabilities",
+    "end_to_end": "scores [B,N] best class score x mask quality (mean prob inside mask > "
+    "mask_threshold); labels [B,N] int64 0..K-1; keep [B,N] bool (score before rescoring > "
+    "cls_threshold); masks [B,N,H/4,W/4] probabilities. No sorting or NMS; resize masks "
+    "to the image and threshold at mask_threshold outside the graph",
+}
+
+Notify = Callable[[str], None]
+
+
+@dataclass
+class ExportOptions:
+    """What `sparseinst export` asks for; see the CLI help for each field."""
+
+    format: str = "onnx"  # onnx | torchscript
+    out: Path | None = None  # default: the weights path with .onnx / .torchscript
+    dynamic: bool = False  # ONNX: symbolic batch/height/width (TorchScript traces are always)
+    end_to_end: bool = False
+    opset: int | None = None
+    half: bool = False
+    size: tuple[int, int] | None = None  # fixed input (h, w) of static graphs; the trace input
+    device: str = "cpu"
+    exporter: str = "torchscript"  # ONNX exporter: torchscript (dynamo=False) | dynamo
+    parity_sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES
+    parity_image: Path | None = None
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    layout: str
+    input_size: str  # "dynamic" or "HxW"
+    opset: int | None
+    export_seconds: float
+    check_seconds: float
+    rows: list[ParityRow] = field(default_factory=list)
+    written: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rows)
+
+
+class ParityError(RunError):
+    """The export disagreed with PyTorch beyond tolerance; `result` holds the table."""
+
+    def __init__(self, message: str, result: ExportResult):
+        super().__init__(message)
+        self.result = result
+
+
+def default_out(weights: str | os.PathLike | None, fmt: str) -> Path:
+    base = Path(weights).with_suffix("") if weights else Path("sparseinst")
+    return base.with_name(base.name + FORMATS[fmt])
+
+
+def _check_options(options: ExportOptions) -> tuple[int, int]:
+    if options.format not in FORMATS:
+        raise UserError(f"unknown --format '{options.format}'; use onnx or torchscript")
+    out = options.out
+    if options.format == "onnx" and out is not None and out.suffix.lower() != ".onnx":
+        raise UserError(f"--out {out} should end in .onnx (predict recognises ONNX models by it)")
+    if options.format == "torchscript" and out is not None and out.suffix.lower() == ".onnx":
+        raise UserError(f"--out {out} ends in .onnx but --format is torchscript; use .torchscript")
+    size = options.size or (options.parity_sizes[0] if options.dynamic else STATIC_SIZE)
+    if options.format == "torchscript":
+        size = options.size or options.parity_sizes[0]
+    if any(s <= 0 or s % 32 for s in size):
+        fixed = "x".join(str(max(32, -(-s // 32) * 32)) for s in size)
+        raise UserError(f"--size {size[0]}x{size[1]} must be multiples of 32, e.g. --size {fixed}")
+    return size
+
+
+def _metadata(loaded, layout: str, options: ExportOptions, size: str, opset) -> dict:
+    cfg = loaded.config
+    meta = {
+        "producer": f"sparseinst_cli {__version__}",
+        "layout": layout,
+        "outputs": OUTPUTS[layout],
+        "input_format": INPUT_FORMAT,
+        "input_size": size,
+        "pixel_mean": list(cfg.model.pixel_mean),
+        "pixel_std": list(cfg.model.pixel_std),
+        "stride": "32",
+        "mask_stride": "4",
+        "class_names": list(loaded.class_names),
+        "category_ids": [int(c) for c in loaded.category_ids],
+        "cls_threshold": str(cfg.test.cls_threshold),
+        "mask_threshold": str(cfg.test.mask_threshold),
+        "precision": "fp16" if options.half else "fp32",
+        "source": Path(loaded.source).name if loaded.source else "",
+        "config": cfg.to_dict(),
+    }
+    if opset is not None:
+        meta.update(exporter=options.exporter, opset=str(opset))
+    return meta
+
+
+def export_model(loaded, options: ExportOptions, notify: Notify | None = None) -> ExportResult:
+    """Export `loaded` (a predictor.LoadedModel) as `options` says; returns the checked result.
+
+    Raises ParityError (file removed) when the exported graph disagrees with PyTorch.
+    """
+    notify = notify or (lambda _msg: None)
+    size = _check_options(options)
+    device = resolve_device(options.device)
+    model = loaded.model.to(device).eval()
+    deformable = has_deformable(model)
+    is_onnx = options.format == "onnx"
+    opset = (
+        onnx_io.resolve_opset(options.opset, exporter=options.exporter, deformable=deformable)
+        if is_onnx else None
+    )
+    layout = "end_to_end" if options.end_to_end else "raw"
+    names = END_TO_END_OUTPUTS if options.end_to_end else RAW_OUTPUTS
+    dynamic = options.dynamic or not is_onnx
+    test = loaded.config.test
+    thresholds = dict(cls_threshold=test.cls_threshold, mask_threshold=test.mask_threshold)
+    image = read_image_rgb(options.parity_image or default_image_path())
+    mean = list(loaded.config.model.pixel_mean)
+    example = parity_batch(image, size, mean).images.to(device)
+    module = export_ready(model, end_to_end=options.end_to_end, half=options.half, **thresholds)
+    input_size = "dynamic" if dynamic else f"{size[0]}x{size[1]}"
+    metadata = _metadata(loaded, layout, options, input_size, opset)
+
+    out = Path(options.out or default_out(loaded.source, options.format))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        notify(f"exporting {options.format} ({layout}, {input_size}) to {out}")
+        t0 = time.perf_counter()
+        if is_onnx:
+            onnx_io.write_onnx(
+                module, example, tmp, output_names=names, dynamic=dynamic, opset=opset,
+                exporter=options.exporter,
+            )
+            onnx_io.add_metadata(tmp, metadata)
+        else:
+            write_torchscript(module, example, tmp, metadata=metadata)
+        t1 = time.perf_counter()
+        del module
+        sizes = options.parity_sizes if dynamic else (size,)
+        notify(f"checking against PyTorch at {', '.join(f'{h}x{w}' for h, w in sizes)}")
+        reference = reference_runner(model, end_to_end=options.end_to_end, **thresholds)
+        rows = _parity(tmp, options, device, names, deformable, reference, image, sizes, mean,
+                       thresholds)
+        result = ExportResult(
+            path=out, format=options.format, layout=layout, input_size=input_size, opset=opset,
+            export_seconds=t1 - t0, check_seconds=time.perf_counter() - t1, rows=rows,
+        )
+        if not result.passed:
+            raise ParityError(
+                f"the exported model differs from PyTorch beyond tolerance (table above); "
+                f"{out} was not written",
+                result,
+            )
+        os.replace(tmp, out)
+        result.written = True
+        return result
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _parity(tmp, options, device, names, deformable, reference, image, sizes, mean, thresholds):
+    half_cpu = options.half and device.type == "cpu"
+    if options.format == "torchscript":
+        if half_cpu:
+            reason = "fp16 TorchScript on CPU is too slow to check; use --device cuda"
+            return skipped_rows(sizes, reason)
+        module, _ = load_torchscript(tmp, device)
+        exported = _torchscript_runner(module, names, device)
+    else:
+        from ..onnx_backend import OnnxModel
+
+        try:
+            onnx_model = OnnxModel(tmp, device=device)
+        except RunError as exc:
+            if half_cpu:
+                return skipped_rows(sizes, f"fp16 graph not runnable on CPU ({exc})")
+            if deformable and "DeformConv" in str(exc):
+                raise UserError(
+                    "onnxruntime cannot run the ONNX DeformConv operator (opset 19) that this DCN "
+                    f"backbone needs ({exc}); upgrade onnxruntime or use --format torchscript"
+                ) from None
+            raise
+
+        def exported(images: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {k: torch.from_numpy(v) for k, v in onnx_model.run(images).items()}
+
+    return check_parity(
+        reference, exported, image, sizes, pixel_mean=mean, half=options.half, **thresholds
+    )
+
+
+def _torchscript_runner(module, names: tuple[str, ...], device: torch.device) -> Runner:
+    @torch.inference_mode()
+    def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v.cpu() for k, v in zip(names, module(images.to(device)))}
+
+    return run
