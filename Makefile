@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint
+.PHONY: install test lint completions
 
 install: $(VENV)/.installed
 
@@ -18,3 +18,8 @@ test: install
 
 lint: install
 	$(BIN)/ruff check sparseinst_cli tests
+
+# Regenerate the shell completion scripts from the app (tests/test_cli.py checks they are current).
+completions: install
+	for sh in bash zsh fish; do $(BIN)/sparseinst --show-completion $$sh > completions/sparseinst.$$sh; done
+	$(BIN)/sparseinst --show-completion powershell > completions/sparseinst.ps1

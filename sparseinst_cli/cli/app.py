@@ -52,6 +52,9 @@ def _register() -> None:
     from . import export
 
     app.command("export")(export.export)
+    from . import data
+
+    app.add_typer(data.app, name="data")
 
 
 _register()
@@ -66,7 +69,7 @@ def main() -> None:
     """Console entry point: one line and an exit status for every failure; tracebacks on --debug."""
     state.debug = "--debug" in sys.argv
     try:
-        app(standalone_mode=False)
+        app(prog_name="sparseinst", standalone_mode=False)
     except UserError as exc:
         if state.debug:
             raise
@@ -84,13 +87,12 @@ def main() -> None:
 
 
 def _describe(exc: Exception) -> str:
-    import click
-
-    if isinstance(exc, click.exceptions.Exit):
+    # Typer vendors click, so its exceptions are recognised by shape rather than by class.
+    if isinstance(exc, typer.Exit):
         sys.exit(exc.exit_code)
-    if isinstance(exc, click.ClickException):  # usage errors: one line, status 2
+    if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # usage errors
         _fail(exc.format_message(), exc.exit_code)
-    if isinstance(exc, click.exceptions.Abort):
+    if isinstance(exc, typer.Abort):
         return "aborted"
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         return "out of memory; try a smaller --batch or --size"

@@ -8,8 +8,14 @@ import typer
 from rich.table import Table
 
 from ..errors import UserError
-from ..export import ExportOptions, ExportResult, ParityError, export_model
-from ..export.parity import DEFAULT_SIZES
+from ..export import (
+    DEFAULT_SIZES,
+    ExportOptions,
+    ExportResult,
+    ParityError,
+    check_options,
+    export_model,
+)
 from ..predictor import load_model
 from .console import console, info, state
 from .options import ConfigOpt, DeviceOpt, OutOpt, WeightsOpt
@@ -85,6 +91,7 @@ def export(
         parity_sizes=tuple(parse_hw(s, "--check-size") for s in check_size)
         if check_size else DEFAULT_SIZES,
     )
+    check_options(options)  # fail fast, before loading weights
     loaded = load_model(weights, config)
     try:
         result = export_model(loaded, options, notify=info)

@@ -74,7 +74,8 @@ def to_device_batch(
         padded = torch.zeros((masks.shape[0], hp, wp), dtype=torch.bool)
         padded[:, : masks.shape[1], : masks.shape[2]] = masks
         out.append({"labels": t["labels"].to(device), "masks": padded.to(device)})
-    return batch.to(device, non_blocking=True), out
+    batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    return batch, out
 
 
 @dataclass
@@ -104,7 +105,8 @@ class Stepper:
     def __init__(self, model: nn.Module, cfg: Config, ctx: DistContext):
         self.cfg, self.ctx = cfg, ctx
         self.device = torch.device(ctx.device)
-        self.model = model
+        # NHWC convolutions: about twice as fast on CPUs (oneDNN) and for AMP on GPUs.
+        self.model = model.to(memory_format=torch.channels_last)
         self.criterion = build_criterion(cfg)
         self.optimizer = build_optimizer(model, cfg.solver)
         self.lr = LRController(schedule_of(cfg))

@@ -5,7 +5,14 @@ onnx.py / torchscript.py: writers; parity.py: the self-check; pipeline.py: `expo
 """
 from .graph import DynamicAdaptiveAvgPool2d, adaptive_avg_pool2d, export_ready
 from .parity import DEFAULT_SIZES, TOLERANCE, ParityRow
-from .pipeline import ExportOptions, ExportResult, ParityError, default_out, export_model
+from .pipeline import (
+    ExportOptions,
+    ExportResult,
+    ParityError,
+    check_options,
+    default_out,
+    export_model,
+)
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -16,6 +23,7 @@ __all__ = [
     "ParityError",
     "ParityRow",
     "adaptive_avg_pool2d",
+    "check_options",
     "default_out",
     "export_ready",
     "export_model",

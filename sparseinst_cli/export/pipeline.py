@@ -98,7 +98,8 @@ def default_out(weights: str | os.PathLike | None, fmt: str) -> Path:
     return base.with_name(base.name + FORMATS[fmt])
 
 
-def _check_options(options: ExportOptions) -> tuple[int, int]:
+def check_options(options: ExportOptions) -> tuple[int, int]:
+    """Validate what needs no model (format, --out suffix, sizes); returns the trace size."""
     if options.format not in FORMATS:
         raise UserError(f"unknown --format '{options.format}'; use onnx or torchscript")
     out = options.out
@@ -146,7 +147,7 @@ def export_model(loaded, options: ExportOptions, notify: Notify | None = None) -
     Raises ParityError (file removed) when the exported graph disagrees with PyTorch.
     """
     notify = notify or (lambda _msg: None)
-    size = _check_options(options)
+    size = check_options(options)
     device = resolve_device(options.device)
     model = loaded.model.to(device).eval()
     deformable = has_deformable(model)

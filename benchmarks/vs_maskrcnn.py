@@ -1,0 +1,96 @@
+"""Time SparseInst R-50 G-IAM against torchvision's Mask R-CNN R-50-FPN on the same image.
+
+Both run forward plus post-processing on one image in one process, after warm-up, and the script
+prints the medians and their ratio, so progress can be tracked on any machine:
+
+    python benchmarks/vs_maskrcnn.py                 # fp32, 640 short side, 853 long side max
+    python benchmarks/vs_maskrcnn.py --dtype bf16    # our model in bf16 (Mask R-CNN stays fp32)
+
+Our model gets the official R-50 G-IAM layout with deterministic synthetic weights (every query
+passes the score threshold, so post-processing does its full work); Mask R-CNN has random
+weights (`weights=None`), min_size=640, max_size=853, and resizes inside its own transform.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "data"))
+
+from synth_checkpoint import synth_state_dict  # noqa: E402
+
+from sparseinst_cli.data.coco import read_image_rgb  # noqa: E402
+from sparseinst_cli.predictor import Predictor, load_model  # noqa: E402
+
+
+def median_ms(fn, warmup: int, iters: int) -> tuple[float, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times), statistics.quantiles(times, n=10)[-1] if iters >= 2 else times[0]
+
+
+def sparseinst_runner(image, dtype: str, size: int, optimize: bool):
+    layout = json.loads((ROOT / "tests/data/layouts/r50_giam.json").read_text())["state_dict"]
+    path = Path("/tmp/sparseinst_bench_r50_giam.pth")
+    if not path.exists():
+        torch.save({"model": synth_state_dict(layout)}, path)
+    loaded = load_model(path, "r50_giam")
+    predictor = Predictor(None, loaded=loaded, dtype=dtype, min_size=size, max_size=853, optimize=optimize)
+    batch = predictor.prepare([image])  # reading and resizing are not timed, as in the paper
+
+    def run():
+        predictor.postprocess(predictor.forward(batch), batch)
+
+    return run, tuple(batch.images.shape[-2:])
+
+
+def maskrcnn_runner(image):
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=640, max_size=853
+    ).eval()
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+
+    @torch.inference_mode()
+    def run():
+        model([tensor])
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", default=str(ROOT / "tests/data/000000006471.jpg"))
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--size", type=int, default=640)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-optimize", action="store_true", help="time the unfused model")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    image = read_image_rgb(args.image)
+    ours, padded = sparseinst_runner(image, args.dtype, args.size, not args.no_optimize)
+    ours_ms, ours_p90 = median_ms(ours, args.warmup, args.iters)
+    theirs_ms, theirs_p90 = median_ms(maskrcnn_runner(image), args.warmup, args.iters)
+    print(f"torch {torch.__version__}, {args.threads} threads, image {image.shape[1]}x{image.shape[0]}"
+          f" -> padded {padded[1]}x{padded[0]}, median of {args.iters} after {args.warmup} warm-up")
+    print(f"SparseInst R-50 G-IAM ({args.dtype}): median {ours_ms:.1f} ms  p90 {ours_p90:.1f} ms")
+    print(f"Mask R-CNN R-50-FPN (fp32):     median {theirs_ms:.1f} ms  p90 {theirs_p90:.1f} ms")
+    print(f"ratio SparseInst / Mask R-CNN: {ours_ms / theirs_ms:.3f}")
+
+
+if __name__ == "__main__":
+    main()
