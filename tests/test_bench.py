@@ -97,8 +97,9 @@ def test_latency_agrees_with_an_independent_timing(r50):
 def test_result_fields(r50):
     image = read_image_rgb(default_image_path())
     calls = []
+    settings = BenchSettings(warmup=1, iters=2, batch=2)
     r = benchmark(
-        r50, image, variant="r50_giam", size=SIZE, settings=BenchSettings(warmup=1, iters=2, batch=2),
+        r50, image, variant="r50_giam", size=SIZE, settings=settings,
         on_progress=lambda done, total: calls.append((done, total)),
     )
     assert calls == [(1, 3), (2, 3), (3, 3)]

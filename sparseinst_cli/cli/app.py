@@ -52,6 +52,9 @@ def _register() -> None:
     from . import export
 
     app.command("export")(export.export)
+    from . import train
+
+    app.command("train")(train.train)
     from . import data
 
     app.add_typer(data.app, name="data")
@@ -69,7 +72,9 @@ def main() -> None:
     """Console entry point: one line and an exit status for every failure; tracebacks on --debug."""
     state.debug = "--debug" in sys.argv
     try:
-        app(prog_name="sparseinst", standalone_mode=False)
+        code = app(prog_name="sparseinst", standalone_mode=False)  # typer.Exit(n) returns n here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as exc:
         if state.debug:
             raise

@@ -55,8 +55,11 @@ def check(
                           "are flagged, e.g. 50."),
     ] = 100,
 ) -> None:
-    """Check a COCO dataset: missing/unreadable images, sizes (EXIF too), polygons, areas,
-    bounds, ids, categories, crowd-only images and instances per image vs queries.
+    """Find the defects of a COCO dataset; --fix writes a cleaned copy of its JSON.
+
+    Checks: missing/unreadable images, sizes (EXIF rotation too), polygons, zero areas,
+    out-of-image annotations, unknown categories/images, duplicate ids, crowd-only images,
+    and instances per image against the model's queries.
 
     Exit status: 0 when clean (warnings do not count), 1 when defects were found
     (with or without --fix; the fixed copy checks clean), 2 on a usage error.
@@ -76,7 +79,7 @@ def check(
             written = write_fixed(raw, report.plan, original=spec.annotations, out=out)
             info(f"wrote the cleaned copy {written}")
     if defects:
-        raise SystemExit(1)  # main() runs Typer in non-standalone mode, which drops Exit codes
+        raise typer.Exit(1)
 
 
 def _specs(data: str | None, split: str) -> list[SplitSpec]:
@@ -129,7 +132,8 @@ def _findings_table(report: DatasetReport, counts: dict[str, int], title: str) -
         table.add_column(header, justify="right" if header == "count" else "left")
     for kind, count in counts.items():
         examples = [f for f in report.findings if f.kind == kind][:EXAMPLES_PER_KIND]
-        text = "\n".join(f"{f.where()}: {f.detail}" for f in examples)
+        text = "\n".join(f"{f.where()}: {f.detail}" if f.where() else f.detail
+                         for f in examples)
         label = f"{kind} (warning)" if kind in WARNINGS else kind
         table.add_row(label, str(count), FIX_ACTIONS[kind], text)
     return table

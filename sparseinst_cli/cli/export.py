@@ -18,7 +18,7 @@ from ..export import (
 )
 from ..predictor import load_model
 from .console import console, info, state
-from .options import ConfigOpt, DeviceOpt, OutOpt, WeightsOpt
+from .options import ConfigOpt, DeviceOpt, WeightsOpt
 
 
 def parse_hw(text: str, option: str) -> tuple[int, int]:
@@ -39,7 +39,13 @@ def export(
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="onnx or torchscript, e.g. --format onnx.")
     ] = "onnx",
-    out: OutOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Output file, e.g. model.onnx (default: the weights path with "
+            ".onnx or .torchscript).",
+        ),
+    ] = None,
     dynamic: Annotated[
         bool,
         typer.Option("--dynamic", help="ONNX: dynamic batch, height and width (multiples of 32)."),

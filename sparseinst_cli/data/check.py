@@ -76,10 +76,12 @@ class Finding:
     file: str | None = None
 
     def where(self) -> str:
-        """`ann 7 (image 3)` or `image 3 (a.jpg)`, for tables."""
+        """`ann 7 (image 3)`, `image 3 (a.jpg)` or "" (an entry without ids), for tables."""
         if self.ann_id is not None:
             image = f" (image {self.image_id})" if self.image_id is not None else ""
             return f"ann {self.ann_id}{image}"
+        if self.image_id is None:
+            return ""
         return f"image {self.image_id}" + (f" ({self.file})" if self.file else "")
 
 
@@ -236,10 +238,10 @@ def _image_entries(images: list, findings: list[Finding], plan: FixPlan) -> dict
     for i, img in enumerate(images):
         problem = _entry_problem(img)
         if problem is not None:
-            findings.append(Finding(BAD_IMAGE_ENTRY, problem, _get(img, "id"), None,
-                                    _get(img, "file_name")))
+            findings.append(Finding(BAD_IMAGE_ENTRY, f"images[{i}] {problem}", _get(img, "id"),
+                                    None, _get(img, "file_name")))
         elif img["id"] in first:
-            detail = f"id also used by image entry {first[img['id']]}"
+            detail = f"id also used by images[{first[img['id']]}]"
             findings.append(Finding(DUPLICATE_IMAGE_ID, detail, img["id"], file=img["file_name"]))
         else:
             first[img["id"]] = i
@@ -294,7 +296,7 @@ def _check_annotations(
     seen: set = set()
     per_image: dict[object, list[bool]] = {}
     for i, ann in enumerate(anns):
-        problem = _ann_problem(ann, seen, cat_ids, declared)
+        problem = _ann_problem(i, ann, seen, cat_ids, declared)
         if problem is not None:
             kind, detail = problem
             findings.append(Finding(kind, detail, _get(ann, "image_id"), _get(ann, "id")))
@@ -309,16 +311,16 @@ def _check_annotations(
     return per_image
 
 
-def _ann_problem(ann: object, seen: set, cat_ids: set,
+def _ann_problem(i: int, ann: object, seen: set, cat_ids: set,
                  declared: set) -> tuple[str, str] | None:
     """Entry, id, image and category problems of an annotation: (kind, detail) or None."""
     if not isinstance(ann, dict) or "id" not in ann or "image_id" not in ann:
-        return BAD_ANN_ENTRY, "not an object with id and image_id"
+        return BAD_ANN_ENTRY, f"annotations[{i}] is not an object with id and image_id"
     try:
         duplicate = ann["id"] in seen
         known_image = ann["image_id"] in declared
     except TypeError:  # an unhashable id
-        return BAD_ANN_ENTRY, "id or image_id is not an integer or string"
+        return BAD_ANN_ENTRY, f"annotations[{i}]: id or image_id is not an integer or string"
     if duplicate:
         return DUPLICATE_ANN_ID, f"id {ann['id']} is used by an earlier annotation"
     if not known_image:

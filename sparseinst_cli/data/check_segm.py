@@ -137,19 +137,50 @@ def _clip_parts(parts: list[list[float]], width: int, height: int,
     return kept
 
 
+def rle_counts(counts: str | bytes) -> list[int]:
+    """Run lengths of a compressed COCO RLE string (pycocotools' rleFrString, in Python)."""
+    data = counts.encode("ascii") if isinstance(counts, str) else counts
+    out: list[int] = []
+    p = 0
+    while p < len(data):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(data):
+                raise ValueError("truncated RLE string")
+            c = data[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        out.append(x + out[-2] if len(out) > 2 else x)
+    return out
+
+
 def check_rle(segm: dict, width: int, height: int) -> SegmVerdict:
-    """An RLE must carry counts and the image's size [H, W]."""
-    verdict = SegmVerdict()
-    size = segm.get("size")
-    if "counts" not in segm or not isinstance(size, list) or len(size) != 2:
-        verdict.problems.append((BAD_SEGMENTATION, "an RLE without counts or size"))
-        verdict.drop = True
-    elif [int(size[0]), int(size[1])] != [height, width]:
-        verdict.problems.append(
-            (BAD_SEGMENTATION, f"RLE size {size} differs from the image's [{height}, {width}]")
-        )
-        verdict.drop = True
-    return verdict
+    """An RLE must carry the image's size [H, W] and run lengths that add up to H * W
+    (pycocotools decodes past the mask's end otherwise)."""
+    problem = _rle_problem(segm, width, height)
+    if problem is None:
+        return SegmVerdict()
+    return SegmVerdict([(BAD_SEGMENTATION, problem)], drop=True)
+
+
+def _rle_problem(segm: dict, width: int, height: int) -> str | None:
+    size, counts = segm.get("size"), segm.get("counts")
+    if not isinstance(size, list) or len(size) != 2 or not all(
+        isinstance(v, int) for v in size
+    ):
+        return "an RLE without a size [H, W]"
+    if size != [height, width]:
+        return f"RLE size {size} differs from the image's [{height}, {width}]"
+    try:
+        runs = [int(v) for v in (counts if isinstance(counts, list) else rle_counts(counts))]
+    except (TypeError, ValueError, UnicodeEncodeError):
+        return "RLE counts are neither a list of numbers nor a COCO RLE string"
+    if sum(runs) != height * width or any(v < 0 for v in runs):
+        return f"RLE counts cover {sum(runs)} pixels, not {height}x{width}"
+    return None
 
 
 def check_segmentation(segm: object, width: int, height: int) -> SegmVerdict:

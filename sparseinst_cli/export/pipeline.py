@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import __version__
@@ -141,105 +143,155 @@ def _metadata(loaded, layout: str, options: ExportOptions, size: str, opset) -> 
     return meta
 
 
+@dataclass
+class _Plan:
+    """Every setting of one export, resolved from the options and the model."""
+
+    out: Path
+    device: torch.device
+    size: tuple[int, int]  # trace input; the fixed size of static graphs
+    dynamic: bool
+    opset: int | None
+    layout: str
+    names: tuple[str, ...]
+    deformable: bool
+    thresholds: dict[str, float]
+    image: np.ndarray  # uint8 RGB parity image
+    pixel_mean: list[float]
+
+    @property
+    def input_size(self) -> str:
+        return "dynamic" if self.dynamic else f"{self.size[0]}x{self.size[1]}"
+
+
+def _plan(loaded, options: ExportOptions) -> _Plan:
+    size = check_options(options)
+    is_onnx = options.format == "onnx"
+    deformable = has_deformable(loaded.model)
+    test = loaded.config.test
+    return _Plan(
+        out=Path(options.out or default_out(loaded.source, options.format)),
+        device=resolve_device(options.device),
+        size=size,
+        dynamic=options.dynamic or not is_onnx,
+        opset=onnx_io.resolve_opset(options.opset, exporter=options.exporter, deformable=deformable)
+        if is_onnx else None,
+        layout="end_to_end" if options.end_to_end else "raw",
+        names=END_TO_END_OUTPUTS if options.end_to_end else RAW_OUTPUTS,
+        deformable=deformable,
+        thresholds=dict(cls_threshold=test.cls_threshold, mask_threshold=test.mask_threshold),
+        image=read_image_rgb(options.parity_image or default_image_path()),
+        pixel_mean=list(loaded.config.model.pixel_mean),
+    )
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A temporary file beside `out`, removed on exit unless renamed into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the checked file into place with the usual permissions (mkstemp makes it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, out)
+
+
 def export_model(loaded, options: ExportOptions, notify: Notify | None = None) -> ExportResult:
     """Export `loaded` (a predictor.LoadedModel) as `options` says; returns the checked result.
 
-    Raises ParityError (file removed) when the exported graph disagrees with PyTorch.
+    Raises ParityError (nothing written) when the exported graph disagrees with PyTorch.
     """
     notify = notify or (lambda _msg: None)
-    size = check_options(options)
-    device = resolve_device(options.device)
-    model = loaded.model.to(device).eval()
-    deformable = has_deformable(model)
-    is_onnx = options.format == "onnx"
-    opset = (
-        onnx_io.resolve_opset(options.opset, exporter=options.exporter, deformable=deformable)
-        if is_onnx else None
-    )
-    layout = "end_to_end" if options.end_to_end else "raw"
-    names = END_TO_END_OUTPUTS if options.end_to_end else RAW_OUTPUTS
-    dynamic = options.dynamic or not is_onnx
-    test = loaded.config.test
-    thresholds = dict(cls_threshold=test.cls_threshold, mask_threshold=test.mask_threshold)
-    image = read_image_rgb(options.parity_image or default_image_path())
-    mean = list(loaded.config.model.pixel_mean)
-    example = parity_batch(image, size, mean).images.to(device)
-    module = export_ready(model, end_to_end=options.end_to_end, half=options.half, **thresholds)
-    input_size = "dynamic" if dynamic else f"{size[0]}x{size[1]}"
-    metadata = _metadata(loaded, layout, options, input_size, opset)
-
-    out = Path(options.out or default_out(loaded.source, options.format))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        notify(f"exporting {options.format} ({layout}, {input_size}) to {out}")
+    plan = _plan(loaded, options)
+    model = loaded.model.to(plan.device).eval()
+    with _staging(plan.out) as tmp:
+        notify(f"exporting {options.format} ({plan.layout}, {plan.input_size}) to {plan.out}")
         t0 = time.perf_counter()
-        if is_onnx:
-            onnx_io.write_onnx(
-                module, example, tmp, output_names=names, dynamic=dynamic, opset=opset,
-                exporter=options.exporter,
-            )
-            onnx_io.add_metadata(tmp, metadata)
-        else:
-            write_torchscript(module, example, tmp, metadata=metadata)
+        _write(model, loaded, options, plan, tmp)
         t1 = time.perf_counter()
-        del module
-        sizes = options.parity_sizes if dynamic else (size,)
+        sizes = options.parity_sizes if plan.dynamic else (plan.size,)
         notify(f"checking against PyTorch at {', '.join(f'{h}x{w}' for h, w in sizes)}")
-        reference = reference_runner(model, end_to_end=options.end_to_end, **thresholds)
-        rows = _parity(tmp, options, device, names, deformable, reference, image, sizes, mean,
-                       thresholds)
+        rows = _parity(tmp, model, options, plan, sizes)
         result = ExportResult(
-            path=out, format=options.format, layout=layout, input_size=input_size, opset=opset,
-            export_seconds=t1 - t0, check_seconds=time.perf_counter() - t1, rows=rows,
+            path=plan.out, format=options.format, layout=plan.layout,
+            input_size=plan.input_size, opset=plan.opset, export_seconds=t1 - t0,
+            check_seconds=time.perf_counter() - t1, rows=rows,
         )
         if not result.passed:
             raise ParityError(
-                f"the exported model differs from PyTorch beyond tolerance (table above); "
-                f"{out} was not written",
+                "the exported model differs from PyTorch beyond tolerance (table above); "
+                f"{plan.out} was not written",
                 result,
             )
-        os.replace(tmp, out)
+        _publish(tmp, plan.out)
         result.written = True
-        return result
-    finally:
-        tmp.unlink(missing_ok=True)
+    return result
 
 
-def _parity(tmp, options, device, names, deformable, reference, image, sizes, mean, thresholds):
-    half_cpu = options.half and device.type == "cpu"
+def _write(model, loaded, options: ExportOptions, plan: _Plan, tmp: Path) -> None:
+    module = export_ready(
+        model, end_to_end=options.end_to_end, half=options.half, **plan.thresholds
+    ).to(plan.device)
+    example = parity_batch(plan.image, plan.size, plan.pixel_mean).images.to(plan.device)
+    metadata = _metadata(loaded, plan.layout, options, plan.input_size, plan.opset)
+    if options.format == "onnx":
+        onnx_io.write_onnx(
+            module, example, tmp, output_names=plan.names, dynamic=plan.dynamic,
+            opset=plan.opset, exporter=options.exporter,
+        )
+        onnx_io.add_metadata(tmp, metadata)
+    else:
+        write_torchscript(module, example, tmp, metadata=metadata)
+
+
+def _parity(tmp: Path, model, options: ExportOptions, plan: _Plan, sizes) -> list[ParityRow]:
+    half_cpu = options.half and plan.device.type == "cpu"
     if options.format == "torchscript":
         if half_cpu:
-            reason = "fp16 TorchScript on CPU is too slow to check; use --device cuda"
-            return skipped_rows(sizes, reason)
-        module, _ = load_torchscript(tmp, device)
-        exported = _torchscript_runner(module, names, device)
+            return skipped_rows(sizes, "fp16 TorchScript on CPU is too slow; use --device cuda")
+        exported = _torchscript_runner(tmp, plan.names, plan.device)
     else:
-        from ..onnx_backend import OnnxModel
-
         try:
-            onnx_model = OnnxModel(tmp, device=device)
+            exported = _onnx_runner(tmp, plan.device)
         except RunError as exc:
             if half_cpu:
                 return skipped_rows(sizes, f"fp16 graph not runnable on CPU ({exc})")
-            if deformable and "DeformConv" in str(exc):
+            if plan.deformable and "DeformConv" in str(exc):
                 raise UserError(
                     "onnxruntime cannot run the ONNX DeformConv operator (opset 19) that this DCN "
                     f"backbone needs ({exc}); upgrade onnxruntime or use --format torchscript"
                 ) from None
             raise
-
-        def exported(images: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {k: torch.from_numpy(v) for k, v in onnx_model.run(images).items()}
-
+    reference = reference_runner(model, end_to_end=options.end_to_end, **plan.thresholds)
     return check_parity(
-        reference, exported, image, sizes, pixel_mean=mean, half=options.half, **thresholds
+        reference, exported, plan.image, sizes, pixel_mean=plan.pixel_mean, half=options.half,
+        **plan.thresholds,
     )
 
 
-def _torchscript_runner(module, names: tuple[str, ...], device: torch.device) -> Runner:
+def _onnx_runner(path: Path, device: torch.device) -> Runner:
+    from ..onnx_backend import OnnxModel
+
+    model = OnnxModel(path, device=device)
+
+    def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in model.run(images).items()}
+
+    return run
+
+
+def _torchscript_runner(path: Path, names: tuple[str, ...], device: torch.device) -> Runner:
+    module, _ = load_torchscript(path, device)
+
     @torch.inference_mode()
     def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: v.cpu() for k, v in zip(names, module(images.to(device)))}

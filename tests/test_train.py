@@ -1,0 +1,135 @@
+"""Training end to end on a tiny model: run folder, resume, signals, NaN rollback, fine-tuning."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from train_support import Recorder, assert_same_weights, make_dataset, train, weights
+
+from sparseinst_cli.checkpoint import read_checkpoint
+from sparseinst_cli.engine import run_dir as files
+from sparseinst_cli.errors import UserError
+from sparseinst_cli.losses import SparseInstCriterion
+
+
+R50_SMALL = (
+    "input.min_size_train=[64]", "input.max_size_train=128", "input.min_size_test=64",
+    "input.max_size_test=128", "solver.batch_size=2", "solver.lr=1e-5", "solver.max_iter=1",
+    "solver.checkpoint_period=0", "data.num_workers=0",
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def test_run_folder_has_every_artifact(data, tmp_path):
+    rec = Recorder()
+    summary = train(data, tmp_path, recorder=rec)
+    run = tmp_path / "exp"
+    assert summary.status == "finished" and summary.iteration == 6 and summary.run_dir == run
+    for name in ("config.yaml", "last.pth", "best.pth", "metrics.jsonl", "metrics.png"):
+        assert (run / name).is_file(), name
+    best = read_checkpoint(run / "best.pth")
+    assert best["category_ids"] == [2, 5, 9] and best["config"]["model"]["num_classes"] == 3
+    assert any("num_classes 80 -> 3" in n for n in rec.notices)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["type"] for r in records} >= {"train", "eval"}
+    assert rec.iterations == list(range(1, 7)) and rec.evals and "AP" in rec.evals[-1]
+    assert train(data, tmp_path).run_dir == tmp_path / "exp2"
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(data, tmp_path):
+    full = train(data, tmp_path, name="full", overrides=("solver.eval_period=0",))
+    part = train(data, tmp_path, name="part", stop_after=3)
+    assert part.status == "interrupted" and part.iteration == 3
+    resumed = train(data, tmp_path, name="part", resume=True)
+    assert resumed.status == "finished" and resumed.iteration == 6
+    assert_same_weights(weights(full.last), weights(resumed.last))
+
+
+def test_sigterm_saves_and_stops_then_resume_matches(data, tmp_path):
+    class Killer(Recorder):
+        def on_iteration(self, iteration, max_iter, losses, lr):
+            super().on_iteration(iteration, max_iter, losses, lr)
+            if iteration == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    part = train(data, tmp_path, name="sig", recorder=Killer())
+    assert part.status == "interrupted" and part.signal == "SIGTERM" and part.iteration == 3
+    assert read_checkpoint(part.last)["iteration"] == 3
+    resumed = train(data, tmp_path, name="sig", resume=True)
+    full = train(data, tmp_path, name="full")
+    assert_same_weights(weights(full.last), weights(resumed.last))
+
+
+def test_nan_losses_are_skipped_then_rolled_back(data, tmp_path, monkeypatch):
+    original = SparseInstCriterion.forward
+    calls = {"n": 0}
+
+    def flaky(self, outputs, targets):
+        calls["n"] += 1
+        losses = original(self, outputs, targets)
+        if calls["n"] in (3, 4, 5):  # three in a row, right after the checkpoint of iteration 2
+            losses["loss_dice"] = losses["loss_dice"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(SparseInstCriterion, "forward", flaky)
+    rec = Recorder()
+    summary = train(data, tmp_path, recorder=rec, overrides=("solver.max_iter=8",))
+    assert summary.status == "finished" and summary.iteration == 8
+    assert sum("step skipped" in n for n in rec.notices) == 3
+    rollback = [n for n in rec.notices if "rolled back" in n]
+    assert rollback and "iteration 2" in rollback[0] and "x0.5" in rollback[0]
+    state = read_checkpoint(summary.last)["train_state"]
+    assert state["lr"]["scale"] == 0.5 and state["rollbacks"] == 1
+    assert all(torch.isfinite(v).all() for v in weights(summary.last).values())
+    assert rec.lrs[-1] == pytest.approx(1e-3 * 0.5 * 0.1)
+
+
+def test_finetune_from_official_80_class_checkpoint(data, tmp_path, r50_giam_official):
+    rec = Recorder()
+    summary = train(
+        data, tmp_path, recorder=rec, weights=str(r50_giam_official), config="r50_giam",
+        base=R50_SMALL,
+    )
+    assert summary.status == "finished"
+    (source, rows), = rec.skipped
+    skipped = dict(rows)
+    assert set(skipped) == {
+        "decoder.inst_branch.cls_score.weight", "decoder.inst_branch.cls_score.bias"
+    }
+    assert "[80, 1024] in the checkpoint, [3, 1024] in the model" in skipped[
+        "decoder.inst_branch.cls_score.weight"]
+    ours = weights(summary.last)
+    official = torch.load(r50_giam_official, weights_only=True)["model"]
+    torch.testing.assert_close(  # loaded, then trained one step with a small lr
+        ours["decoder.mask_branch.projection.weight"],
+        official["decoder.mask_branch.projection.weight"], atol=1e-3, rtol=0,
+    )
+    assert read_checkpoint(summary.best)["category_ids"] == [2, 5, 9]
+
+
+def test_user_mistakes_are_one_line_errors(data, tmp_path):
+    with pytest.raises(UserError, match="split evenly"):
+        train(data, tmp_path, gpus=3, batch=4)
+    with pytest.raises(UserError, match="either --iters or --time"):
+        train(data, tmp_path, iters=3, time_minutes=1.0)
+    with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
+        train(data, tmp_path, amp="fp16")
+    with pytest.raises(UserError, match="cannot resume"):
+        train(data, tmp_path, name="nothing", resume=True)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_time_budget_fixes_the_iteration_count(data, tmp_path):
+    rec = Recorder()
+    summary = train(data, tmp_path, recorder=rec, time_minutes=0.05,
+                    overrides=("solver.checkpoint_period=0",))
+    assert summary.status == "finished" and summary.max_iter == summary.iteration >= 2
+    saved = files.CONFIG_FILE
+    assert f"max_iter: {summary.max_iter}" in (summary.run_dir / saved).read_text()
