@@ -183,11 +183,11 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
     return value
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -249,7 +249,7 @@ def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
     if not base_path.is_file():
         base_path = resolve_config_path(base)
-    return _deep_merge(load_yaml_tree(base_path, _seen + (path,)), data)
+    return deep_merge(load_yaml_tree(base_path, _seen + (path,)), data)
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -282,7 +282,7 @@ def load_config(name_or_path: str | os.PathLike | None = None, overrides: list[s
 
             data = translate_detectron2(data, source=path)
     if overrides:
-        data = _deep_merge(data, parse_overrides(list(overrides)))
+        data = deep_merge(data, parse_overrides(list(overrides)))
     return from_dict(Config, data)
 
 
@@ -292,3 +292,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def save_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def config_with_overrides(stored: dict[str, Any], overrides: list[str] = ()) -> Config:
+    """A config saved in a checkpoint or an exported model, with KEY=VALUE overrides applied."""
+    return from_dict(Config, deep_merge(stored, parse_overrides(list(overrides))))

@@ -35,6 +35,11 @@ def _onnxruntime():
     return onnxruntime
 
 
+def has_cuda_provider() -> bool:
+    """True when this onnxruntime build can run on NVIDIA GPUs (onnxruntime-gpu)."""
+    return "CUDAExecutionProvider" in _onnxruntime().get_available_providers()
+
+
 def providers_for(device: str | torch.device) -> list[str]:
     """onnxruntime execution providers for a torch device name; a UserError if not available."""
     device = torch.device(device)
@@ -176,7 +181,7 @@ def load_onnx_model(
     The config stored in the metadata gives the test settings (sizes, thresholds); `config`
     replaces it and `overrides` (KEY=VALUE) adjust it, as for our .pth checkpoints.
     """
-    from .config import _deep_merge, config_from_dict, load_config, parse_overrides
+    from .config import config_with_overrides, load_config
     from .predictor import LoadedModel
 
     if not Path(path).is_file():
@@ -187,7 +192,7 @@ def load_onnx_model(
         cfg = load_config(config, overrides)
     else:
         stored = json.loads(meta["config"])
-        cfg = config_from_dict(_deep_merge(stored, parse_overrides(list(overrides))))
+        cfg = config_with_overrides(stored, overrides)
     return LoadedModel(
         model=model,  # duck-typed SparseInst: __call__, to, eval, num_classes
         config=cfg,

@@ -10,11 +10,12 @@ import torch
 
 from .checkpoint import is_ours, load_weights, read_checkpoint
 from .coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
-from .config import Config, config_from_dict, load_config
+from .config import Config, config_with_overrides, load_config
 from .data.coco import read_image_rgb
 from .errors import UserError
 from .modeling import SparseInst, build_model
 from .modeling.inference import optimize_for_inference
+from .onnx_backend import is_onnx_file, load_onnx_model
 from .postprocess import Instances, postprocess
 from .preprocess import ImageBatch, prepare_images
 from .runtime import autocast_context, resolve_device, resolve_dtype
@@ -41,13 +42,14 @@ def load_model(
 
     With `weights=None` the model keeps its initialisation (useful for benchmarks).
     """
+    if weights is not None and is_onnx_file(weights):
+        return load_onnx_model(weights, config, overrides)
     ckpt = read_checkpoint(weights) if weights is not None else None
     if ckpt is not None and is_ours(ckpt):
-        cfg = load_config(config, overrides) if config else config_from_dict(ckpt["config"])
-        if config is None and overrides:
-            from .config import _deep_merge, parse_overrides
-
-            cfg = config_from_dict(_deep_merge(ckpt["config"], parse_overrides(list(overrides))))
+        if config is not None:
+            cfg = load_config(config, overrides)
+        else:
+            cfg = config_with_overrides(ckpt["config"], overrides)
         names, ids = list(ckpt["class_names"]), list(ckpt["category_ids"])
     else:
         if config is None:
@@ -111,7 +113,9 @@ class Predictor:
         self.dtype = resolve_dtype(dtype, self.device)
         model = self.loaded.model.to(self.device)
         # Folded BN and channels-last give the same outputs (checked) in less time.
-        self.model = optimize_for_inference(model) if optimize else model.eval()
+        if optimize and isinstance(model, SparseInst):
+            model = optimize_for_inference(model)
+        self.model = model.eval()
         self.min_size = min_size or cfg.input.min_size_test
         self.max_size = max_size or cfg.input.max_size_test
         self.cls_threshold = cfg.test.cls_threshold if cls_threshold is None else cls_threshold
@@ -132,8 +136,11 @@ class Predictor:
 
     @torch.inference_mode()
     def forward(self, batch: ImageBatch) -> dict[str, torch.Tensor]:
+        images = batch.images.to(self.device)
+        if isinstance(self.model, SparseInst):  # matches the channels-last weights
+            images = images.contiguous(memory_format=torch.channels_last)
         with autocast_context(self.device, self.dtype):
-            return self.model(batch.images.to(self.device, memory_format=torch.channels_last))
+            return self.model(images)
 
     @torch.inference_mode()
     def postprocess(self, outputs: dict[str, torch.Tensor], batch: ImageBatch) -> list[Instances]:

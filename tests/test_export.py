@@ -129,9 +129,9 @@ def test_onnx_model_predicts_like_pytorch(dynamic_onnx, loaded):
     onnx_loaded = load_onnx_model(dynamic_onnx.path)
     assert onnx_loaded.class_names == loaded.class_names
     image = read_image_rgb(IMAGE)
-    images = [image, np.ascontiguousarray(image[:250, ::-1])]
-    ref = Predictor(None, loaded=loaded, min_size=224, optimize=False).predict_batch(images)
-    got = Predictor(None, loaded=onnx_loaded, min_size=224, optimize=False).predict_batch(images)
+    images = [image, np.ascontiguousarray(image[:, ::-1])]
+    ref = Predictor(None, loaded=loaded, min_size=320, optimize=False).predict_batch(images)
+    got = Predictor(None, loaded=onnx_loaded, min_size=320, optimize=False).predict_batch(images)
     for a, b in zip(ref, got):
         a, b = a.instances, b.instances
         assert len(a) == len(b) > 0
@@ -187,7 +187,7 @@ def test_torchscript_round_trip_through_the_cli(weights, tmp_path):
 
     out = tmp_path / "m.torchscript"
     args = ["export", "-w", str(weights), "-c", "r50_giam", "-f", "torchscript", "--out",
-            str(out), "--check-size", "96x128", "--check-size", "128x192"]
+            str(out), "--check-size", "128x192", "--check-size", "320x480"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "pass" in result.output and "FAIL" not in result.output

@@ -9,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from sparseinst_cli.engine.callbacks import TrainCallbacks
+from sparseinst_cli.engine.callbacks import TrainCallbacks, no_callbacks
 from sparseinst_cli.engine.train import TrainOptions, run_training
 
 CATEGORY_IDS = (2, 5, 9)  # not contiguous on purpose
@@ -101,6 +101,8 @@ def train(data: Path, project: Path, *, config: str = "demo", base: tuple[str, .
     """A run of `config` with `base` + `overrides` (the tiny model by default); its summary."""
     opts = TrainOptions(config=config, overrides=[*base, *overrides], data=str(data),
                         project=str(project), device="cpu", **options)
+    if opts.gpus > 1:  # spawned processes need a picklable callbacks factory
+        return run_training(opts, no_callbacks)
     recorder = recorder or Recorder()
     return run_training(opts, lambda: recorder)
 

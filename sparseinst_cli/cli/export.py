@@ -111,32 +111,37 @@ def _fmt(value: float) -> str:
     return "-" if value != value else f"{value:.2e}"  # NaN: not measured
 
 
+def _caption(result: ExportResult) -> str | None:
+    checked = [r for r in result.rows if not r.skipped]
+    if not checked:
+        return None
+    r = checked[0]
+    extra = f" ({r.note})" if r.note else ""
+    return f"pass: max|diff| <= {r.tolerance:g} and mask IoU >= {r.min_iou_required:g}{extra}"
+
+
 def _render(result: ExportResult) -> None:
     if state.quiet:
         return
-    tol = result.rows[0] if result.rows else None
-    caption = (
-        f"pass: max|diff| <= {tol.tolerance:g} and mask IoU >= {tol.min_iou_required:g}"
-        if tol else None
-    )
-    table = Table(title=f"{result.format} ({result.layout}) vs PyTorch", caption=caption)
+    table = Table(title=f"{result.format} ({result.layout}) vs PyTorch", caption=_caption(result))
     columns = ("input", "scores |d|", "masks |d|", "inst", "min IoU", "torch ms", "export ms",
                "result")
     for column in columns:
         table.add_column(column, justify="left" if column in ("input", "result") else "right")
     for r in result.rows:
-        if r.skipped:
-            verdict = f"[yellow]skipped[/]: {r.note}"
-        elif r.passed:
-            verdict = "[green]pass[/]" + (f" ({r.note})" if r.note else "")
-        else:
-            verdict = "[red]FAIL[/]" + (f" {r.mismatch}" if r.mismatch else "")
+        verdict = "[yellow]skipped[/]" if r.skipped else (
+            "[green]pass[/]" if r.passed else "[red]FAIL[/]"
+        )
         table.add_row(
             f"{r.size[0]}x{r.size[1]}", _fmt(r.score_diff), _fmt(r.mask_diff), str(r.instances),
             "-" if r.min_iou is None else f"{r.min_iou:.4f}",
             f"{r.reference_ms:.0f}", f"{r.exported_ms:.0f}", verdict,
         )
     console.print(table)
+    for note in dict.fromkeys(
+        r.note if r.skipped else r.mismatch for r in result.rows if r.skipped or r.mismatch
+    ):
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     timing = f"export {result.export_seconds:.1f} s, check {result.check_seconds:.1f} s"
     if result.written:
         mb = Path(result.path).stat().st_size / 1e6

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import is_ours, read_checkpoint
-from ..config import Config, config_from_dict, load_config, save_config
+from ..config import Config, config_from_dict, config_with_overrides, load_config, save_config
 from ..data.coco import CocoInstances
 from ..data.datasets import SplitSpec, resolve_split
 from ..errors import UserError
@@ -133,10 +133,7 @@ def base_config(options: TrainOptions) -> Config:
     if options.weights is not None:
         ckpt = read_checkpoint(options.weights)
         if is_ours(ckpt):
-            from ..config import _deep_merge, parse_overrides
-
-            data = _deep_merge(ckpt["config"], parse_overrides(list(options.overrides)))
-            return config_from_dict(data)
+            return config_with_overrides(ckpt["config"], options.overrides)
     raise UserError("train needs --config (a zoo name such as demo, or a YAML file)")
 
 
