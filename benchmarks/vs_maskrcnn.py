@@ -10,6 +10,7 @@ Our model gets the official R-50 G-IAM layout with deterministic synthetic weigh
 passes the score threshold, so post-processing does its full work); Mask R-CNN has random
 weights (`weights=None`), min_size=640, max_size=853, and resizes inside its own transform.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,9 @@ def median_ms(fn, warmup: int, iters: int) -> tuple[float, float]:
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), statistics.quantiles(times, n=10)[-1] if iters >= 2 else times[0]
+    return statistics.median(times), statistics.quantiles(times, n=10)[-1] if iters >= 2 else times[
+        0
+    ]
 
 
 def sparseinst_runner(image, dtype: str, size: int, optimize: bool):
@@ -48,7 +51,9 @@ def sparseinst_runner(image, dtype: str, size: int, optimize: bool):
     if not path.exists():
         torch.save({"model": synth_state_dict(layout)}, path)
     loaded = load_model(path, "r50_giam")
-    predictor = Predictor(None, loaded=loaded, dtype=dtype, min_size=size, max_size=853, optimize=optimize)
+    predictor = Predictor(
+        None, loaded=loaded, dtype=dtype, min_size=size, max_size=853, optimize=optimize
+    )
     batch = predictor.prepare([image])  # reading and resizing are not timed, as in the paper
 
     def run():
@@ -85,8 +90,11 @@ def main() -> None:
     ours, padded = sparseinst_runner(image, args.dtype, args.size, not args.no_optimize)
     ours_ms, ours_p90 = median_ms(ours, args.warmup, args.iters)
     theirs_ms, theirs_p90 = median_ms(maskrcnn_runner(image), args.warmup, args.iters)
-    print(f"torch {torch.__version__}, {args.threads} threads, image {image.shape[1]}x{image.shape[0]}"
-          f" -> padded {padded[1]}x{padded[0]}, median of {args.iters} after {args.warmup} warm-up")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, "
+        f"image {image.shape[1]}x{image.shape[0]}"
+        f" -> padded {padded[1]}x{padded[0]}, median of {args.iters} after {args.warmup} warm-up"
+    )
     print(f"SparseInst R-50 G-IAM ({args.dtype}): median {ours_ms:.1f} ms  p90 {ours_p90:.1f} ms")
     print(f"Mask R-CNN R-50-FPN (fp32):     median {theirs_ms:.1f} ms  p90 {theirs_p90:.1f} ms")
     print(f"ratio SparseInst / Mask R-CNN: {ours_ms / theirs_ms:.3f}")

@@ -1,4 +1,5 @@
 """SparseInst command-line tool suite: the public Python API, imported lazily."""
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

@@ -5,6 +5,7 @@ timm (R-50-vd, CSPDarkNet) or original-PVT key names. Every rename lives in `off
 Our format adds the config, class names and dataset category ids, so `--weights` alone rebuilds
 the model.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,11 +29,26 @@ FORMAT_VERSION = 1
 _DETECTRON2_RULES = [
     (re.compile(r"^stem\.conv1\.norm\."), "bn1."),
     (re.compile(r"^stem\.conv1\."), "conv1."),
-    (re.compile(r"^res(\d)\.(\d+)\.shortcut\.norm\."), lambda m: f"layer{int(m[1]) - 1}.{m[2]}.downsample.1."),
-    (re.compile(r"^res(\d)\.(\d+)\.shortcut\."), lambda m: f"layer{int(m[1]) - 1}.{m[2]}.downsample.0."),
-    (re.compile(r"^res(\d)\.(\d+)\.conv(\d)\.norm\."), lambda m: f"layer{int(m[1]) - 1}.{m[2]}.bn{m[3]}."),
-    (re.compile(r"^res(\d)\.(\d+)\.conv2_offset\."), lambda m: f"layer{int(m[1]) - 1}.{m[2]}.conv2.offset."),
-    (re.compile(r"^res(\d)\.(\d+)\.conv(\d)\."), lambda m: f"layer{int(m[1]) - 1}.{m[2]}.conv{m[3]}."),
+    (
+        re.compile(r"^res(\d)\.(\d+)\.shortcut\.norm\."),
+        lambda m: f"layer{int(m[1]) - 1}.{m[2]}.downsample.1.",
+    ),
+    (
+        re.compile(r"^res(\d)\.(\d+)\.shortcut\."),
+        lambda m: f"layer{int(m[1]) - 1}.{m[2]}.downsample.0.",
+    ),
+    (
+        re.compile(r"^res(\d)\.(\d+)\.conv(\d)\.norm\."),
+        lambda m: f"layer{int(m[1]) - 1}.{m[2]}.bn{m[3]}.",
+    ),
+    (
+        re.compile(r"^res(\d)\.(\d+)\.conv2_offset\."),
+        lambda m: f"layer{int(m[1]) - 1}.{m[2]}.conv2.offset.",
+    ),
+    (
+        re.compile(r"^res(\d)\.(\d+)\.conv(\d)\."),
+        lambda m: f"layer{int(m[1]) - 1}.{m[2]}.conv{m[3]}.",
+    ),
 ]
 LAYOUTS = ("detectron2", "timm", "pvt")
 
@@ -48,11 +64,15 @@ def _rename_backbone_key(key: str, layout: str) -> str:
     return re.sub(r"\.conv2_offset\.", ".conv2.offset.", key)
 
 
-def official_to_internal(state_dict: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+def official_to_internal(
+    state_dict: dict[str, torch.Tensor], layout: str
+) -> dict[str, torch.Tensor]:
     """Rename an official SparseInst state dict to this package's module names."""
     if layout not in LAYOUTS:
         raise UserError(f"checkpoint layout '{layout}' is not one of {', '.join(LAYOUTS)}")
-    backbone = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    backbone = {
+        k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")
+    }
     rest = {k: v for k, v in state_dict.items() if not k.startswith("backbone.")}
     if layout == "pvt":
         from timm.models.pvt_v2 import checkpoint_filter_fn
@@ -79,7 +99,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             "re-save it with torch.save({'model': model.state_dict()})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+        raise UserError(
+            f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)})"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -123,17 +145,22 @@ class LoadReport:
         parts = []
         if self.mismatched:
             shown = ", ".join(
-                f"{k} checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.mismatched[:limit]
+                f"{k} checkpoint {list(a)} vs model {list(b)}"
+                for k, a, b in self.mismatched[:limit]
             )
             parts.append(f"{len(self.mismatched)} with other shapes ({shown})")
         if self.missing:
             parts.append(f"{len(self.missing)} missing ({', '.join(self.missing[:limit])})")
         if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected ({', '.join(self.unexpected[:limit])})")
+            parts.append(
+                f"{len(self.unexpected)} unexpected ({', '.join(self.unexpected[:limit])})"
+            )
         return "; ".join(parts)
 
 
-def compare_state_dicts(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict, LoadReport]:
+def compare_state_dicts(
+    model: nn.Module, state: dict[str, torch.Tensor]
+) -> tuple[dict, LoadReport]:
     """Split `state` into what fits `model` and a report of what does not."""
     own = model.state_dict()
     report = LoadReport()
@@ -197,4 +224,3 @@ def make_checkpoint(
         "category_ids": [int(c) for c in category_ids],
         **(extra or {}),
     }
-

@@ -3,6 +3,7 @@
 A config is plain data. `build_model` and the engines turn it into constructor arguments;
 no module reads a global config.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,9 +20,13 @@ from .errors import UserError
 
 @dataclass
 class BackboneConfig:
-    name: str = "resnet50"  # any timm model with feature_info (resnet50, resnet50d, cspdarknet53, ...)
+    name: str = (
+        "resnet50"  # any timm model with feature_info (resnet50, resnet50d, cspdarknet53, ...)
+    )
     norm: str = "frozen_bn"  # frozen_bn (official) | bn (trainable, for training from scratch)
-    dcn_stages: list[int] = field(default_factory=list)  # ResNet stages with DCN 3x3: [4, 5] = res4, res5
+    dcn_stages: list[int] = field(
+        default_factory=list
+    )  # ResNet stages with DCN 3x3: [4, 5] = res4, res5
     weights: str | None = None  # optional ImageNet backbone checkpoint (local file)
 
 
@@ -57,7 +62,9 @@ class ModelConfig:
 
 @dataclass
 class InputConfig:
-    min_size_train: list[int] = field(default_factory=lambda: [416, 448, 480, 512, 544, 576, 608, 640])
+    min_size_train: list[int] = field(
+        default_factory=lambda: [416, 448, 480, 512, 544, 576, 608, 640]
+    )
     max_size_train: int = 853
     min_size_test: int = 640
     max_size_test: int = 853
@@ -177,9 +184,7 @@ def _coerce(value: Any, default: Any, key: str) -> Any:
             raise UserError(f"config key '{key}' expects a list, got {value!r}")
         return value
     if not isinstance(value, type(default)):
-        raise UserError(
-            f"config key '{key}' expects {type(default).__name__}, got {value!r}"
-        )
+        raise UserError(f"config key '{key}' expects {type(default).__name__}, got {value!r}")
     return value
 
 
@@ -227,7 +232,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"malformed YAML in {path}{where}: {getattr(exc, 'problem', exc)}") from None
+        raise UserError(
+            f"malformed YAML in {path}{where}: {getattr(exc, 'problem', exc)}"
+        ) from None
     except OSError as exc:
         raise UserError(f"cannot read config {path}: {exc.strerror}") from None
     if data is None:

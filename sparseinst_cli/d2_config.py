@@ -4,6 +4,7 @@ Keys that change the model, data or schedule are translated; keys that only name
 machinery are accepted and ignored; anything else is rejected by name, so no setting is
 silently dropped.
 """
+
 from __future__ import annotations
 
 import ast
@@ -58,27 +59,72 @@ TRANSLATE = {
 }
 # Keys that only name detectron2 machinery, or whose only supported value is the default.
 IGNORED = {
-    "VERSION", "OUTPUT_DIR", "CUDNN_BENCHMARK", "VIS_PERIOD", "GLOBAL",
-    "MODEL.META_ARCHITECTURE", "MODEL.WEIGHTS", "MODEL.DEVICE", "MODEL.MASK_ON", "MODEL.LOAD_PROPOSALS",
-    "MODEL.BACKBONE.FREEZE_AT", "MODEL.RESNETS.OUT_FEATURES", "MODEL.RESNETS.STRIDE_IN_1X1",
-    "MODEL.RESNETS.NORM", "MODEL.RESNETS.NUM_GROUPS", "MODEL.RESNETS.WIDTH_PER_GROUP",
-    "MODEL.RESNETS.RES5_DILATION", "MODEL.RESNETS.DEFORM_MODULATED", "MODEL.RESNETS.DEFORM_NUM_GROUPS",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    "MODEL.CSPNET.OUT_FEATURES", "MODEL.CSPNET.NORM", "MODEL.PVT.OUT_FEATURES", "MODEL.PVT.LINEAR",
-    "MODEL.SPARSE_INST.ENCODER.NAME", "MODEL.SPARSE_INST.ENCODER.IN_FEATURES",
-    "MODEL.SPARSE_INST.ENCODER.NORM", "MODEL.SPARSE_INST.DECODER.OUTPUT_IAM",
-    "MODEL.SPARSE_INST.DECODER.NAME", "MODEL.SPARSE_INST.LOSS.NAME", "MODEL.SPARSE_INST.LOSS.ITEMS",
-    "MODEL.SPARSE_INST.MATCHER.NAME", "MODEL.SPARSE_INST.DATASET_MAPPER",
-    "INPUT.FORMAT", "INPUT.MASK_FORMAT", "INPUT.MIN_SIZE_TRAIN_SAMPLING", "INPUT.CROP.TYPE",
-    "INPUT.RANDOM_FLIP", "DATASETS.TRAIN", "DATASETS.TEST", "SOLVER.OPTIMIZER", "SOLVER.AMP.ENABLED",
-    "SOLVER.LR_SCHEDULER_NAME", "SOLVER.WARMUP_METHOD", "SOLVER.MOMENTUM", "SOLVER.NESTEROV",
-    "SOLVER.CLIP_GRADIENTS.ENABLED", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE",
-    "SOLVER.CLIP_GRADIENTS.NORM_TYPE", "SOLVER.WEIGHT_DECAY_BIAS", "SOLVER.BIAS_LR_FACTOR",
-    "SOLVER.REFERENCE_WORLD_SIZE", "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
-    "DATALOADER.ASPECT_RATIO_GROUPING", "DATALOADER.SAMPLER_TRAIN", "DATALOADER.REPEAT_THRESHOLD",
-    "TEST.AUG.ENABLED", "TEST.DETECTIONS_PER_IMAGE",
+    "VERSION",
+    "OUTPUT_DIR",
+    "CUDNN_BENCHMARK",
+    "VIS_PERIOD",
+    "GLOBAL",
+    "MODEL.META_ARCHITECTURE",
+    "MODEL.WEIGHTS",
+    "MODEL.DEVICE",
+    "MODEL.MASK_ON",
+    "MODEL.LOAD_PROPOSALS",
+    "MODEL.BACKBONE.FREEZE_AT",
+    "MODEL.RESNETS.OUT_FEATURES",
+    "MODEL.RESNETS.STRIDE_IN_1X1",
+    "MODEL.RESNETS.NORM",
+    "MODEL.RESNETS.NUM_GROUPS",
+    "MODEL.RESNETS.WIDTH_PER_GROUP",
+    "MODEL.RESNETS.RES5_DILATION",
+    "MODEL.RESNETS.DEFORM_MODULATED",
+    "MODEL.RESNETS.DEFORM_NUM_GROUPS",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "MODEL.CSPNET.OUT_FEATURES",
+    "MODEL.CSPNET.NORM",
+    "MODEL.PVT.OUT_FEATURES",
+    "MODEL.PVT.LINEAR",
+    "MODEL.SPARSE_INST.ENCODER.NAME",
+    "MODEL.SPARSE_INST.ENCODER.IN_FEATURES",
+    "MODEL.SPARSE_INST.ENCODER.NORM",
+    "MODEL.SPARSE_INST.DECODER.OUTPUT_IAM",
+    "MODEL.SPARSE_INST.DECODER.NAME",
+    "MODEL.SPARSE_INST.LOSS.NAME",
+    "MODEL.SPARSE_INST.LOSS.ITEMS",
+    "MODEL.SPARSE_INST.MATCHER.NAME",
+    "MODEL.SPARSE_INST.DATASET_MAPPER",
+    "INPUT.FORMAT",
+    "INPUT.MASK_FORMAT",
+    "INPUT.MIN_SIZE_TRAIN_SAMPLING",
+    "INPUT.CROP.TYPE",
+    "INPUT.RANDOM_FLIP",
+    "DATASETS.TRAIN",
+    "DATASETS.TEST",
+    "SOLVER.OPTIMIZER",
+    "SOLVER.AMP.ENABLED",
+    "SOLVER.LR_SCHEDULER_NAME",
+    "SOLVER.WARMUP_METHOD",
+    "SOLVER.MOMENTUM",
+    "SOLVER.NESTEROV",
+    "SOLVER.CLIP_GRADIENTS.ENABLED",
+    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE",
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE",
+    "SOLVER.CLIP_GRADIENTS.NORM_TYPE",
+    "SOLVER.WEIGHT_DECAY_BIAS",
+    "SOLVER.BIAS_LR_FACTOR",
+    "SOLVER.REFERENCE_WORLD_SIZE",
+    "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
+    "DATALOADER.ASPECT_RATIO_GROUPING",
+    "DATALOADER.SAMPLER_TRAIN",
+    "DATALOADER.REPEAT_THRESHOLD",
+    "TEST.AUG.ENABLED",
+    "TEST.DETECTIONS_PER_IMAGE",
 }
-DECODERS = {"BaseIAMDecoder": "iam", "GroupIAMDecoder": "giam", "GroupIAMSoftDecoder": "giam_softmax"}
+DECODERS = {
+    "BaseIAMDecoder": "iam",
+    "GroupIAMDecoder": "giam",
+    "GroupIAMSoftDecoder": "giam_softmax",
+}
 PVT_NAMES = {"b0": "pvt_v2_b0", "b1": "pvt_v2_b1", "b2": "pvt_v2_b2", "b2_li": "pvt_v2_b2_li"}
 
 
@@ -117,16 +163,24 @@ def _backbone(flat: dict[str, Any], source: Path) -> dict[str, Any]:
     deform = flat.pop("MODEL.RESNETS.DEFORM_ON_PER_STAGE", [False] * 4)
     dcn = [stage for stage, on in zip((2, 3, 4, 5), deform) if on]
     if builder == "build_resnet_backbone":
-        return {"backbone": {"name": f"resnet{depth}", "dcn_stages": dcn}, "checkpoint_layout": "detectron2"}
+        return {
+            "backbone": {"name": f"resnet{depth}", "dcn_stages": dcn},
+            "checkpoint_layout": "detectron2",
+        }
     if builder == "build_resnet_vd_backbone":
-        return {"backbone": {"name": f"resnet{depth}d", "dcn_stages": dcn}, "checkpoint_layout": "timm"}
+        return {
+            "backbone": {"name": f"resnet{depth}d", "dcn_stages": dcn},
+            "checkpoint_layout": "timm",
+        }
     if builder == "build_cspnet_backbone":
         name = flat.pop("MODEL.CSPNET.NAME", "cspdarknet53")
         return {"backbone": {"name": name}, "checkpoint_layout": "timm"}
     if builder == "build_pyramid_vision_transformer":
         name = str(flat.pop("MODEL.PVT.NAME", "b1"))
         if name not in PVT_NAMES:
-            raise UserError(f"{source}: MODEL.PVT.NAME '{name}' is not one of {', '.join(PVT_NAMES)}")
+            raise UserError(
+                f"{source}: MODEL.PVT.NAME '{name}' is not one of {', '.join(PVT_NAMES)}"
+            )
         return {"backbone": {"name": PVT_NAMES[name]}, "checkpoint_layout": "pvt"}
     raise UserError(f"{source}: MODEL.BACKBONE.NAME '{builder}' is not supported")
 
@@ -141,7 +195,10 @@ def translate_detectron2(tree: dict[str, Any], *, source: Path) -> dict[str, Any
     _set(out, "model.decoder.kind", DECODERS[decoder])
     if flat.get("SOLVER.AMP.ENABLED"):
         _set(out, "solver.amp", "fp16")
-    if flat.get("SOLVER.CLIP_GRADIENTS.ENABLED") and flat.get("SOLVER.CLIP_GRADIENTS.CLIP_TYPE") == "full_model":
+    if (
+        flat.get("SOLVER.CLIP_GRADIENTS.ENABLED")
+        and flat.get("SOLVER.CLIP_GRADIENTS.CLIP_TYPE") == "full_model"
+    ):
         _set(out, "solver.clip_grad_norm", float(flat.get("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1.0)))
     rejected = []
     for key, value in flat.items():
@@ -150,5 +207,7 @@ def translate_detectron2(tree: dict[str, Any], *, source: Path) -> dict[str, Any
         elif key not in IGNORED:
             rejected.append(key)
     if rejected:
-        raise UserError(f"{source}: unsupported detectron2 config key(s): {', '.join(sorted(rejected))}")
+        raise UserError(
+            f"{source}: unsupported detectron2 config key(s): {', '.join(sorted(rejected))}"
+        )
     return out

@@ -5,6 +5,7 @@ original image). Both resizes are bilinear and therefore linear and separable, s
 composed into one small banded matrix per axis and applied with matrix products: the same
 numbers, a fraction of the work.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ class Instances:
         return int(self.scores.shape[0])
 
 
-def instance_scores(pred_logits: torch.Tensor, pred_objectness: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def instance_scores(
+    pred_logits: torch.Tensor, pred_objectness: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, K] class logits, [N, 1] objectness logits -> best score [N] and its label [N]."""
     probs = torch.sqrt(pred_logits.sigmoid() * pred_objectness.sigmoid())
     return probs.max(dim=-1)
@@ -36,10 +39,14 @@ def mask_quality(mask_probs: torch.Tensor, mask_threshold: float) -> torch.Tenso
     return (mask_probs * inside).sum((1, 2)) / (inside.sum((1, 2)) + 1e-6)
 
 
-def bilinear_matrix(in_size: int, out_size: int, device: torch.device | None = None) -> torch.Tensor:
+def bilinear_matrix(
+    in_size: int, out_size: int, device: torch.device | None = None
+) -> torch.Tensor:
     """[out, in] matrix equal to 1-D bilinear resizing with align_corners=False (PyTorch's rule)."""
     scale = in_size / out_size
-    src = ((torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * scale - 0.5).clamp(min=0)
+    src = ((torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * scale - 0.5).clamp(
+        min=0
+    )
     i0 = src.floor().long().clamp(max=in_size - 1)
     i1 = (i0 + 1).clamp(max=in_size - 1)
     frac = src - i0
@@ -144,4 +151,6 @@ def postprocess(
 def filter_by_score(instances: Instances, min_score: float) -> Instances:
     """Keep the instances whose final (rescored) score is at least `min_score`."""
     keep = instances.scores >= min_score
-    return Instances(masks=instances.masks[keep], scores=instances.scores[keep], labels=instances.labels[keep])
+    return Instances(
+        masks=instances.masks[keep], scores=instances.scores[keep], labels=instances.labels[keep]
+    )

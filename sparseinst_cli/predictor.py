@@ -1,4 +1,5 @@
 """The Python API every command uses: weights (+ config) -> model -> instances for images."""
+
 from __future__ import annotations
 
 import os

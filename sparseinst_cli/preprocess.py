@@ -3,6 +3,7 @@
 The network normalises internally (see SparseInst.forward), so images are padded with the pixel
 mean: after normalisation the padding is exactly 0, as in the official code.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

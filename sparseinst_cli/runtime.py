@@ -1,4 +1,5 @@
 """Devices, precisions and threads: one place that checks what the machine can do."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,11 +19,11 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"unknown device '{name}'; use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(
-                f"--device {name}: only {torch.cuda.device_count()} GPU(s) present"
+                "--device cuda was asked for, but no CUDA GPU is available; use --device cpu"
             )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) present")
     elif device.type != "cpu":
         raise UserError(f"unsupported device '{name}'; use cpu or cuda")
     return device

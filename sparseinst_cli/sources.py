@@ -1,4 +1,5 @@
 """Expand `predict` sources (images, folders, globs, videos, text lists) into a list of inputs."""
+
 from __future__ import annotations
 
 import glob
@@ -26,9 +27,7 @@ def _kind(path: Path) -> str:
 
 def _from_folder(folder: Path, recursive: bool) -> list[SourceItem]:
     files = folder.rglob("*") if recursive else folder.glob("*")
-    media = sorted(
-        p for p in files if p.is_file() and p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS
-    )
+    media = sorted(p for p in files if p.is_file() and p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
     if not media:
         hint = "" if recursive else " (add --recursive to search subfolders)"
         raise UserError(f"folder {folder} holds no images or videos{hint}")

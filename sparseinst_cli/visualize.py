@@ -1,4 +1,5 @@
 """Draw instances on an image: a colour each, translucent mask, outline, label and score."""
+
 from __future__ import annotations
 
 import colorsys
@@ -30,22 +31,33 @@ def draw_instances(
     out = canvas.clip(0, 255).astype(np.uint8)
     thickness = max(1, round(max(image.shape[:2]) / 400))
     for mask, color in zip(masks, colors):
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        contours, _ = cv2.findContours(
+            mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
         cv2.drawContours(out, contours, -1, color, thickness)
     for mask, color, label, score in zip(masks, colors, instances.labels, instances.scores):
         ys, xs = np.nonzero(mask)
         if len(xs):
-            _label(out, f"{class_names[int(label)]} {float(score):.2f}", (int(xs.min()), int(ys.min())), color)
+            _label(
+                out,
+                f"{class_names[int(label)]} {float(score):.2f}",
+                (int(xs.min()), int(ys.min())),
+                color,
+            )
     return out
 
 
-def _label(image: np.ndarray, text: str, corner: tuple[int, int], color: tuple[int, int, int]) -> None:
+def _label(
+    image: np.ndarray, text: str, corner: tuple[int, int], color: tuple[int, int, int]
+) -> None:
     scale = max(0.35, max(image.shape[:2]) / 1400)
     (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     x, y = corner
     y = max(y, h + base)
     cv2.rectangle(image, (x, y - h - base), (x + w, y), color, -1)
-    cv2.putText(image, text, (x, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        image, text, (x, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA
+    )
 
 
 def instance_label_map(instances: Instances, hw: tuple[int, int]) -> np.ndarray:

@@ -1,4 +1,5 @@
 """Shared fixtures: reference data, synthetic official checkpoints, a tiny trained-format model."""
+
 from __future__ import annotations
 
 import json
@@ -68,7 +69,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     atomic_save(
         make_checkpoint(
-            model, config=cfg.to_dict(), class_names=["circle", "square", "triangle"],
+            model,
+            config=cfg.to_dict(),
+            class_names=["circle", "square", "triangle"],
             category_ids=[1, 3, 7],
         ),
         path,

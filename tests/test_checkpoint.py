@@ -1,4 +1,5 @@
 """Checkpoints: official key maps, strict-load errors, weights-only loading, atomic saves."""
+
 from __future__ import annotations
 
 import pickle
@@ -21,17 +22,28 @@ from sparseinst_cli.predictor import load_model
 
 
 def test_detectron2_names_map_to_timm_resnet():
-    state = {k: torch.zeros(1) for k in [
-        "backbone.stem.conv1.weight", "backbone.stem.conv1.norm.running_var",
-        "backbone.res2.0.shortcut.weight", "backbone.res2.0.shortcut.norm.bias",
-        "backbone.res4.3.conv2.norm.weight", "backbone.res5.0.conv2_offset.bias",
-        "backbone.res5.2.conv3.weight", "encoder.fusion.weight",
-    ]}
+    state = {
+        k: torch.zeros(1)
+        for k in [
+            "backbone.stem.conv1.weight",
+            "backbone.stem.conv1.norm.running_var",
+            "backbone.res2.0.shortcut.weight",
+            "backbone.res2.0.shortcut.norm.bias",
+            "backbone.res4.3.conv2.norm.weight",
+            "backbone.res5.0.conv2_offset.bias",
+            "backbone.res5.2.conv3.weight",
+            "encoder.fusion.weight",
+        ]
+    }
     assert list(official_to_internal(state, "detectron2")) == [
-        "backbone.body.conv1.weight", "backbone.body.bn1.running_var",
-        "backbone.body.layer1.0.downsample.0.weight", "backbone.body.layer1.0.downsample.1.bias",
-        "backbone.body.layer3.3.bn2.weight", "backbone.body.layer4.0.conv2.offset.bias",
-        "backbone.body.layer4.2.conv3.weight", "encoder.fusion.weight",
+        "backbone.body.conv1.weight",
+        "backbone.body.bn1.running_var",
+        "backbone.body.layer1.0.downsample.0.weight",
+        "backbone.body.layer1.0.downsample.1.bias",
+        "backbone.body.layer3.3.bn2.weight",
+        "backbone.body.layer4.0.conv2.offset.bias",
+        "backbone.body.layer4.2.conv3.weight",
+        "encoder.fusion.weight",
     ]
 
 
@@ -40,7 +52,9 @@ def test_eighty_class_checkpoint_into_three_class_config_names_the_tensors():
     with pytest.raises(UserError) as err:
         load_weights(model, {"model": official_state_dict("r50_giam")}, layout="detectron2")
     message = str(err.value)
-    assert "decoder.inst_branch.cls_score.weight checkpoint [80, 1024] vs model [3, 1024]" in message
+    assert (
+        "decoder.inst_branch.cls_score.weight checkpoint [80, 1024] vs model [3, 1024]" in message
+    )
     assert "cls_score.bias" in message
 
 
@@ -50,7 +64,8 @@ def test_non_strict_load_reports_what_was_skipped():
         model, {"model": official_state_dict("r50_giam")}, layout="detectron2", strict=False
     )
     assert sorted(k for k, _, _ in report.mismatched) == [
-        "decoder.inst_branch.cls_score.bias", "decoder.inst_branch.cls_score.weight"
+        "decoder.inst_branch.cls_score.bias",
+        "decoder.inst_branch.cls_score.weight",
     ]
     assert not report.missing and not report.unexpected
 
@@ -92,8 +107,18 @@ def test_our_checkpoint_rebuilds_from_weights_alone(tiny_checkpoint, tmp_path):
     assert loaded.config.model.backbone.name == "resnet18"
     # Round trip: save again and compare every tensor.
     again = tmp_path / "again.pth"
-    atomic_save(make_checkpoint(loaded.model, config=loaded.config.to_dict(), class_names=loaded.class_names, category_ids=loaded.category_ids), again)
+    atomic_save(
+        make_checkpoint(
+            loaded.model,
+            config=loaded.config.to_dict(),
+            class_names=loaded.class_names,
+            category_ids=loaded.category_ids,
+        ),
+        again,
+    )
     reloaded = load_model(again)
-    for (k, a), (_, b) in zip(loaded.model.state_dict().items(), reloaded.model.state_dict().items()):
+    for (k, a), (_, b) in zip(
+        loaded.model.state_dict().items(), reloaded.model.state_dict().items()
+    ):
         assert torch.equal(a, b), k
     assert not list(tmp_path.glob(".*tmp"))

@@ -1,4 +1,5 @@
 """The CLI as a whole: help text everywhere, version, completions, the single error handler."""
+
 from __future__ import annotations
 
 import subprocess
@@ -44,11 +45,11 @@ def test_commands_are_present():
 
 @pytest.mark.parametrize("shell", sorted(SHELLS))
 def test_completion_scripts_are_current(shell):
-    fresh = subprocess.run([*CLI, "--show-completion", shell], capture_output=True, text=True, check=True)
-    stored = (ROOT / "completions" / f"sparseinst.{SHELLS[shell]}").read_text()
-    assert fresh.stdout == stored, (
-        "completions are stale: run `make completions`"
+    fresh = subprocess.run(
+        [*CLI, "--show-completion", shell], capture_output=True, text=True, check=True
     )
+    stored = (ROOT / "completions" / f"sparseinst.{SHELLS[shell]}").read_text()
+    assert fresh.stdout == stored, "completions are stale: run `make completions`"
 
 
 def test_bash_completion_registers():

@@ -1,4 +1,5 @@
 """Configs: zoo names, inheritance, overrides, nearest-key errors, detectron2 YAML translation."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,7 +29,9 @@ VERSION: 2
 
 
 def test_zoo_names_and_yaml_suffix():
-    assert {"r50_giam", "r50vd_dcn_giam_aug", "pvt_b1_giam", "cspdarknet53_giam"} <= set(zoo_names())
+    assert {"r50_giam", "r50vd_dcn_giam_aug", "pvt_b1_giam", "cspdarknet53_giam"} <= set(
+        zoo_names()
+    )
     assert load_config("r50_giam.yaml") == load_config("r50_giam")
 
 
@@ -41,7 +44,9 @@ def test_inheritance_chain():
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config("r50_giam", ["solver.lr=1e-4", "model.num_classes=3", "input.crop_enabled=true"])
+    cfg = load_config(
+        "r50_giam", ["solver.lr=1e-4", "model.num_classes=3", "input.crop_enabled=true"]
+    )
     assert cfg.solver.lr == 1e-4 and cfg.model.num_classes == 3 and cfg.input.crop_enabled is True
 
 

@@ -1,4 +1,5 @@
 """Inference rewrites keep the outputs: BN folding (checked per backbone) and channels-last."""
+
 from __future__ import annotations
 
 import pytest

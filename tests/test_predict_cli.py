@@ -1,4 +1,5 @@
 """`sparseinst predict` end to end through the console entry point."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ def image_folder(tmp_path_factory) -> Path:
     Image.fromarray(_scene(120, 160, 0)).save(folder / "good.jpg", quality=95)
     rgba = np.dstack([_scene(100, 140, 1), np.full((100, 140), 128, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
-    gray16 = (_scene(90, 130, 2)[..., 0].astype(np.uint16) * 257)
+    gray16 = _scene(90, 130, 2)[..., 0].astype(np.uint16) * 257
     cv2.imwrite(str(folder / "gray16.png"), gray16)  # 16-bit single-channel PNG
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
@@ -48,8 +49,16 @@ def image_folder(tmp_path_factory) -> Path:
 def test_folder_of_mixed_images(image_folder, tiny_checkpoint, tmp_path):
     out = tmp_path / "viz"
     result = run_cli(
-        "predict", image_folder, "--weights", tiny_checkpoint, "--out", out,
-        "--save-json", "--save-masks", "--conf", "0",
+        "predict",
+        image_folder,
+        "--weights",
+        tiny_checkpoint,
+        "--out",
+        out,
+        "--save-json",
+        "--save-masks",
+        "--conf",
+        "0",
     )
     assert result.returncode == 1, result.stderr
     assert "corrupt.jpg" in result.stderr and "Traceback" not in result.stderr
@@ -66,8 +75,19 @@ def test_folder_of_mixed_images(image_folder, tiny_checkpoint, tmp_path):
 
 def test_json_masks_equal_python_api(image_folder, tiny_checkpoint, tmp_path):
     out = tmp_path / "json"
-    run_cli("predict", image_folder / "good.jpg", image_folder / "alpha.png", "--weights",
-            tiny_checkpoint, "--out", out, "--save-json", "--no-images", "--conf", "0")
+    run_cli(
+        "predict",
+        image_folder / "good.jpg",
+        image_folder / "alpha.png",
+        "--weights",
+        tiny_checkpoint,
+        "--out",
+        out,
+        "--save-json",
+        "--no-images",
+        "--conf",
+        "0",
+    )
     entries = json.loads((out / "predictions.json").read_text())
     predictor = Predictor(tiny_checkpoint)
     for name in ("good.jpg", "alpha.png"):

@@ -1,4 +1,5 @@
 """Golden tests: official checkpoints load strictly and reproduce the official outputs."""
+
 from __future__ import annotations
 
 import json
@@ -87,7 +88,9 @@ def official_postprocess(out, image_hw, orig_hw, cls_thr=0.005, mask_thr=0.45):
 def test_padded_input_matches_official_rules(predictor):
     """min size 300 resizes to 300x450, padded to 320x480: padding and cropping must be right."""
     image = read_image_rgb(DATA / "000000006471.jpg")
-    batch = prepare_images([image], min_size=300, max_size=533, pixel_mean=predictor.loaded.config.model.pixel_mean)
+    batch = prepare_images(
+        [image], min_size=300, max_size=533, pixel_mean=predictor.loaded.config.model.pixel_mean
+    )
     assert batch.image_sizes == [(300, 450)] and batch.padded_size == (320, 480)
     model = predictor.model
     with torch.no_grad():
@@ -116,7 +119,9 @@ def test_batched_postprocess_equals_per_image(predictor):
     both = postprocess(out, image_sizes=batch.image_sizes, orig_sizes=batch.orig_sizes)
     for i in range(2):
         single = {k: v[i : i + 1] for k, v in out.items()}
-        alone = postprocess(single, image_sizes=batch.image_sizes[i : i + 1], orig_sizes=batch.orig_sizes[i : i + 1])[0]
+        alone = postprocess(
+            single, image_sizes=batch.image_sizes[i : i + 1], orig_sizes=batch.orig_sizes[i : i + 1]
+        )[0]
         assert torch.equal(both[i].masks, alone.masks)
         assert torch.equal(both[i].scores, alone.scores)
     assert both[1].masks.shape[-2:] == (200, 300)

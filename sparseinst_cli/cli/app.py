@@ -1,4 +1,5 @@
 """`sparseinst`: the Typer app, global options and the single error handler."""
+
 from __future__ import annotations
 
 import sys
@@ -30,12 +31,19 @@ def _version(value: bool) -> None:
 def root(
     version: Annotated[
         bool | None,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = None,
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks on errors, e.g. sparseinst --debug eval ...")
+        bool,
+        typer.Option(
+            "--debug", help="Show full tracebacks on errors, e.g. sparseinst --debug eval ..."
+        ),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print results only, no progress.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print results only, no progress.")
+    ] = False,
 ) -> None:
     """SparseInst from one command line. Example: sparseinst predict images/ --weights model.pth"""
     state.debug = debug

@@ -1,4 +1,5 @@
 """Shared Rich consoles and the process-wide --quiet / --debug state."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -23,7 +23,7 @@ from ..engine.eval_jobs import EvalJob, EvalOutcome, run_eval, run_eval_parallel
 from ..engine.run_dir import new_run_dir
 from ..errors import UserError
 from ..evaluation import evaluate_segm
-from ..fileio import atomic_write_bytes, atomic_write_json
+from ..fileio import atomic_write_json
 from ..runtime import resolve_device, resolve_dtype
 from .console import console, info, state
 from .options import (
@@ -121,30 +121,30 @@ def _jobs(
 
 def _run_job(label: str, job: EvalJob, gpus: int, run_dir: Path, count: int) -> dict[str, Any]:
     """Evaluate one model, write its COCO results, return its metrics record."""
+    safe = re.sub(r"[^\w.-]+", "_", label).strip("_")
+    path = run_dir / ("results.json" if count == 1 else f"results_{safe}.json")
     bar = ImagesBar(label, quiet=state.quiet)
     try:
         if gpus > 1:
-            outcome = run_eval_parallel(job, gpus, progress=bar)
+            outcome = run_eval_parallel(job, gpus, results_path=path, progress=bar)
         else:
-            outcome = run_eval(job, progress=bar)
+            outcome = run_eval(job, results_path=path, progress=bar)
     finally:
         bar.close()
     for note in outcome.notes:
         info(f"{label}: {note}")
-    safe = re.sub(r"[^\w.-]+", "_", label).strip("_")
-    path = run_dir / ("results.json" if count == 1 else f"results_{safe}.json")
-    atomic_write_bytes(path, json.dumps(outcome.results).encode())
     info(f"{label}: {outcome.images} images in {outcome.seconds:.1f} s "
-         f"({outcome.images / max(outcome.seconds, 1e-9):.2f} img/s), results in {path}")
-    return _record(label, job, outcome, path)
+         f"({outcome.images / max(outcome.seconds, 1e-9):.2f} img/s), "
+         f"{outcome.detections} detections in {path}")
+    return _record(label, job, outcome)
 
 
-def _record(label: str, job: EvalJob, outcome: EvalOutcome, path: Path) -> dict[str, Any]:
+def _record(label: str, job: EvalJob, outcome: EvalOutcome) -> dict[str, Any]:
     return {
         "model": label, "weights": str(job.weights), "config": job.config,
         "data": job.split.name, "size": job.min_size, "max_size": job.max_size,
         "dtype": job.dtype, "images": outcome.images, "seconds": outcome.seconds,
-        "results": str(path), **outcome.metrics,
+        "results": str(outcome.results_path), **outcome.metrics,
     }
 
 

@@ -1,4 +1,5 @@
 """Option aliases shared by every command, so a concept has one name and one help text."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,21 +10,24 @@ import typer
 ConfigOpt = Annotated[
     str | None,
     typer.Option(
-        "--config", "-c",
+        "--config",
+        "-c",
         help="Zoo name (e.g. r50_giam) or path to a YAML config, ours or detectron2-style.",
     ),
 ]
 WeightsOpt = Annotated[
     Path | None,
     typer.Option(
-        "--weights", "-w",
+        "--weights",
+        "-w",
         help="Checkpoint: ours (config inside) or official (needs --config), e.g. model.pth.",
     ),
 ]
 DataOpt = Annotated[
     str | None,
     typer.Option(
-        "--data", "-d",
+        "--data",
+        "-d",
         help="DATA.yaml with train/val splits, or a built-in name: demo, coco_2017_val.",
     ),
 ]
@@ -33,11 +37,15 @@ SizeOpt = Annotated[
 MaxSizeOpt = Annotated[
     int | None, typer.Option("--max-size", help="Test long side limit in pixels, e.g. 853.")
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N, e.g. --device cuda.")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="cpu, cuda or cuda:N, e.g. --device cuda.")
+]
 DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="fp32, bf16 (CPU or CUDA) or fp16 (CUDA), e.g. --dtype bf16.")
 ]
-OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder or file, e.g. viz/.")]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Output folder or file, e.g. viz/.")
+]
 GpusOpt = Annotated[
     int, typer.Option("--gpus", help="Processes (one per GPU; CPU processes without CUDA), e.g. 8.")
 ]
@@ -49,14 +57,16 @@ OverridesArg = Annotated[
 ConfigsOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--config", "-c",
+        "--config",
+        "-c",
         help="Zoo name or YAML path; repeat for several models, e.g. -c r50_giam -c r50vd_giam.",
     ),
 ]
 WeightsListOpt = Annotated[
     list[Path] | None,
     typer.Option(
-        "--weights", "-w",
+        "--weights",
+        "-w",
         help="Checkpoint(s), ours or official (then with --config); repeat for several models.",
     ),
 ]

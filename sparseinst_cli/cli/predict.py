@@ -1,4 +1,5 @@
 """`sparseinst predict`: images, folders, globs, videos -> pictures, JSON and label maps."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,46 +30,74 @@ def predict(
     sources: Annotated[
         list[str],
         typer.Argument(
-            help="Images, folders, globs ('imgs/*.jpg'), videos or .txt lists, e.g. images/ clip.mp4."
+            help="Images, folders, globs ('imgs/*.jpg'), videos, .txt lists; e.g. images/ a.mp4."
         ),
     ],
     weights: WeightsOpt = None,
     config: ConfigOpt = None,
     out: OutOpt = Path("runs/predict"),
-    conf: Annotated[float, typer.Option("--conf", help="Minimum final score to keep, e.g. 0.3.")] = 0.3,
+    conf: Annotated[
+        float, typer.Option("--conf", help="Minimum final score to keep, e.g. 0.3.")
+    ] = 0.3,
     mask_thr: Annotated[
         float | None, typer.Option("--mask-thr", help="Mask probability threshold, e.g. 0.45.")
     ] = None,
-    max_det: Annotated[int | None, typer.Option("--max-det", help="Most detections per image, e.g. 100.")] = None,
+    max_det: Annotated[
+        int | None, typer.Option("--max-det", help="Most detections per image, e.g. 100.")
+    ] = None,
     size: SizeOpt = None,
     max_size: MaxSizeOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "fp32",
     batch: BatchOpt = 1,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search folders recursively.")] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Search folders recursively.")
+    ] = False,
     save_json: Annotated[
-        bool, typer.Option("--save-json", help="Write predictions.json (COCO results with RLE masks).")
+        bool,
+        typer.Option("--save-json", help="Write predictions.json (COCO results with RLE masks)."),
     ] = False,
     save_masks: Annotated[
-        bool, typer.Option("--save-masks", help="Write an instance-label PNG per image under masks/.")
+        bool,
+        typer.Option("--save-masks", help="Write an instance-label PNG per image under masks/."),
     ] = False,
-    no_images: Annotated[bool, typer.Option("--no-images", help="Do not write the overlay pictures.")] = False,
+    no_images: Annotated[
+        bool, typer.Option("--no-images", help="Do not write the overlay pictures.")
+    ] = False,
 ) -> None:
-    """Segment images and videos. Example: sparseinst predict images/ --weights model.pth --out viz/"""
+    """Segment images and videos.
+
+    Example: sparseinst predict images/ --weights model.pth --out viz/
+    """
     if weights is None:
         raise UserError("predict needs --weights (a .pth checkpoint or an exported .onnx model)")
     items = expand_sources(sources, recursive=recursive)
     predictor = Predictor(
-        weights, config, device=device, dtype=dtype,
-        min_size=size, max_size=max_size, mask_threshold=mask_thr, max_detections=max_det,
+        weights,
+        config,
+        device=device,
+        dtype=dtype,
+        min_size=size,
+        max_size=max_size,
+        mask_threshold=mask_thr,
+        max_detections=max_det,
     )
     opts = PredictOptions(
-        out_dir=out, conf=conf, batch=batch or 1, save_images=not no_images,
-        save_json=save_json, save_masks=save_masks,
+        out_dir=out,
+        conf=conf,
+        batch=batch or 1,
+        save_images=not no_images,
+        save_json=save_json,
+        save_masks=save_masks,
     )
     with Progress(
-        TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, disable=state.quiet, transient=True,
+        TextColumn("[bold]predict"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=state.quiet,
+        transient=True,
     ) as progress:
         task = progress.add_task("predict", total=len(items))
         summary = run_predict(predictor, items, opts, lambda n: progress.advance(task, n))
@@ -76,18 +105,31 @@ def predict(
     if summary.skipped:
         for path, reason in summary.skipped:
             info(f"[yellow]skipped[/] {path}: {reason}")
-        raise RunError(f"{len(summary.skipped)} input(s) skipped (listed above); the rest were written to {out}")
+        raise RunError(
+            f"{len(summary.skipped)} input(s) skipped (listed above); the rest are in {out}"
+        )
 
 
 def _render_summary(summary, out: Path) -> None:
     n = max(summary.processed, 1)
     table = Table(title=f"predict -> {out}")
-    for column in ("images", "video frames", "instances", "pre ms/img", "model ms/img", "post ms/img"):
+    for column in (
+        "images",
+        "video frames",
+        "instances",
+        "pre ms/img",
+        "model ms/img",
+        "post ms/img",
+    ):
         table.add_column(column, justify="right")
     secs = summary.seconds
     table.add_row(
-        str(summary.images), str(summary.frames), str(summary.instances),
-        f"{secs['pre'] * 1000 / n:.1f}", f"{secs['model'] * 1000 / n:.1f}", f"{secs['post'] * 1000 / n:.1f}",
+        str(summary.images),
+        str(summary.frames),
+        str(summary.instances),
+        f"{secs['pre'] * 1000 / n:.1f}",
+        f"{secs['model'] * 1000 / n:.1f}",
+        f"{secs['post'] * 1000 / n:.1f}",
     )
     if not state.quiet:
         console.print(table)

@@ -18,6 +18,7 @@ import torch
 
 from ..data.datasets import SplitSpec
 from ..errors import UserError
+from ..fileio import atomic_write_bytes
 from ..predictor import LoadedModel, load_model
 from .benchmark import available_cpus
 from .distributed import free_port, init_group, shutdown, spawn
@@ -43,13 +44,15 @@ class EvalJob:
 
 @dataclass
 class EvalOutcome:
-    """Metrics (0-100, None for n/a, with `per_class`), COCO results and how long it took."""
+    """Metrics (0-100, None for n/a, with `per_class`), how long it took, and where the COCO
+    results (RLE masks) were written, if anywhere."""
 
     metrics: dict[str, Any]
-    results: list[dict]
     images: int
     seconds: float
-    notes: list[str]
+    detections: int
+    results_path: Path | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def dataset_categories(split: SplitSpec) -> tuple[list[int], list[str]]:
@@ -84,10 +87,11 @@ def align_categories(loaded: LoadedModel, split: SplitSpec) -> tuple[LoadedModel
 
 
 def run_eval(
-    job: EvalJob, *, loaded: LoadedModel | None = None, progress: Progress | None = None,
-    rank: int = 0, world_size: int = 1,
+    job: EvalJob, *, results_path: Path | None = None, loaded: LoadedModel | None = None,
+    progress: Progress | None = None, rank: int = 0, world_size: int = 1,
 ) -> EvalOutcome | None:
-    """Evaluate `job` in this process (or as one rank of several); rank 0 gets the outcome."""
+    """Evaluate `job` in this process (or as one rank of several); rank 0 writes the COCO
+    results to `results_path` (when given) and gets the outcome."""
     loaded = loaded or load_model(job.weights, job.config)
     loaded, note = align_categories(loaded, job.split)
     start = time.perf_counter()
@@ -99,24 +103,32 @@ def run_eval(
     if rank != 0:
         return None
     seconds = time.perf_counter() - start
-    results = out.pop("results")
-    images = int(out.pop("images"))
-    return EvalOutcome(out, results, images, seconds, [note] if note else [])
+    results, images = out.pop("results"), int(out.pop("images"))
+    if results_path is not None:
+        atomic_write_bytes(results_path, json.dumps(results).encode())
+    return EvalOutcome(
+        out, images=images, seconds=seconds, detections=len(results),
+        results_path=results_path, notes=[note] if note else [],
+    )
 
 
 def run_eval_parallel(
-    job: EvalJob, processes: int, *, progress: Progress | None = None
+    job: EvalJob, processes: int, *, results_path: Path | None = None,
+    progress: Progress | None = None,
 ) -> EvalOutcome:
     """Evaluate `job` in `processes` spawned processes, one GPU each on CUDA (else CPU threads
-    shared out); results are gathered and scored once. `progress` must be picklable: rank 0
-    calls it with its own count scaled by the number of processes."""
+    shared out); results are gathered and scored once, by rank 0, which also writes them.
+    `progress` must be picklable: rank 0 calls it with its count scaled by the process count.
+    Only the small outcome travels back, so no large object crosses the process pipe."""
     device_type = torch.device(job.device).type
     if device_type == "cuda" and torch.cuda.device_count() < processes:
         raise UserError(
             f"--gpus {processes} asks for more GPUs than the {torch.cuda.device_count()} present"
         )
     init_method = f"tcp://127.0.0.1:{free_port()}"
-    outcome = spawn(_worker, processes, (processes, init_method, device_type, job, progress))
+    outcome = spawn(
+        _worker, processes, (processes, init_method, device_type, job, results_path, progress)
+    )
     if outcome is None:
         raise UserError("the evaluation processes returned nothing; run with --gpus 1 to see why")
     return outcome
@@ -124,7 +136,7 @@ def run_eval_parallel(
 
 def _worker(
     rank: int, world_size: int, init_method: str, device_type: str, job: EvalJob,
-    progress: Progress | None,
+    results_path: Path | None, progress: Progress | None,
 ) -> EvalOutcome | None:
     """One process of `run_eval_parallel`."""
     ctx = init_group(
@@ -139,8 +151,8 @@ def _worker(
             def scaled(done: int, total: int) -> None:
                 progress(done * world_size, total * world_size)
         return run_eval(
-            dataclasses.replace(job, device=ctx.device), progress=scaled, rank=rank,
-            world_size=world_size,
+            dataclasses.replace(job, device=ctx.device), results_path=results_path,
+            progress=scaled, rank=rank, world_size=world_size,
         )
     finally:
         shutdown()

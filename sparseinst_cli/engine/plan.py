@@ -172,6 +172,12 @@ def prepare_new(options: TrainOptions, notice) -> TrainPlan:
     if not data:
         raise UserError("train needs --data (a DATA.yaml, coco_2017 or demo)")
     kind, device = pick_device(options.device, options.gpus)
+    apply_options(cfg, options, options.gpus, notice)
+    check_amp(cfg.solver.amp, kind)
+    for path, flag in ((options.weights, "--weights"), (options.backbone_weights,
+                                                        "--backbone-weights")):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{flag} {path}: file not found")
     train, val = resolve_splits(data, notice)
     names, ids, n_train, n_val = read_classes(train, val, cfg.data.filter_empty)
     if cfg.model.num_classes != len(ids):
@@ -179,12 +185,6 @@ def prepare_new(options: TrainOptions, notice) -> TrainPlan:
                f"-> {len(ids)}")
         cfg.model.num_classes = len(ids)
     cfg.data.train = data
-    apply_options(cfg, options, options.gpus, notice)
-    check_amp(cfg.solver.amp, kind)
-    for path, flag in ((options.weights, "--weights"), (options.backbone_weights,
-                                                        "--backbone-weights")):
-        if path is not None and not Path(path).is_file():
-            raise UserError(f"{flag} {path}: file not found")
     run = files.new_run_dir(Path(options.project), options.name or "exp",
                             exist_ok=options.exist_ok)
     for stale in (files.METRICS, files.BEST, files.LAST, files.PLOT):

@@ -1,4 +1,5 @@
 """The predict loop: inputs -> pictures with overlays, COCO-style JSON, instance-label PNGs."""
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,9 @@ class PredictSummary:
     frames: int = 0
     instances: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=lambda: {"pre": 0.0, "model": 0.0, "post": 0.0})
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"pre": 0.0, "model": 0.0, "post": 0.0}
+    )
     outputs: list[Path] = field(default_factory=list)
 
     @property
@@ -54,11 +57,17 @@ def coco_entries(
     for mask, score, label in zip(instances.masks.numpy(), instances.scores, instances.labels):
         rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
-        entries.append({
-            "file_name": file_name, "image_id": image_id, **extra,
-            "category_id": int(ids[int(label)]), "category_name": names[int(label)],
-            "score": round(float(score), 6), "segmentation": rle,
-        })
+        entries.append(
+            {
+                "file_name": file_name,
+                "image_id": image_id,
+                **extra,
+                "category_id": int(ids[int(label)]),
+                "category_name": names[int(label)],
+                "score": round(float(score), 6),
+                "segmentation": rle,
+            }
+        )
     return entries
 
 
@@ -168,9 +177,15 @@ def _run_video(runner: _Runner, item: SourceItem) -> None:
             if writer is None:
                 h, w = frame.shape[:2]
                 writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-            writer.write(cv2.cvtColor(draw_instances(frame, inst, runner.predictor.class_names), cv2.COLOR_RGB2BGR))
+            writer.write(
+                cv2.cvtColor(
+                    draw_instances(frame, inst, runner.predictor.class_names), cv2.COLOR_RGB2BGR
+                )
+            )
             if runner.opts.save_json:
-                runner.json += coco_entries(inst, str(item.relative), index, runner.predictor, frame=index)
+                runner.json += coco_entries(
+                    inst, str(item.relative), index, runner.predictor, frame=index
+                )
             runner.summary.frames += 1
         if writer is None:
             raise RunError(f"video {item.path} has no readable frames")

@@ -1,4 +1,5 @@
 """The SparseInst network: backbone -> instance context encoder -> IAM decoder."""
+
 from .build import build_model
 from .sparseinst import SparseInst
 

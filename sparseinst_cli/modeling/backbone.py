@@ -3,6 +3,7 @@
 The official R-50/R-101 (torchvision-style), R-50-vd (timm `resnet50d`), CSPDarkNet-53 and
 PVTv2 backbones are all timm architectures; checkpoint.py maps the official key names.
 """
+
 from __future__ import annotations
 
 import timm
@@ -33,7 +34,9 @@ class TimmBackbone(nn.Module):
             hint = f"; similar timm models: {', '.join(close)}" if close else ""
             raise UserError(f"unknown backbone '{name}' ({exc}){hint}") from None
         if not hasattr(body, "forward_intermediates"):
-            raise UserError(f"timm model '{name}' has no feature extraction (forward_intermediates)")
+            raise UserError(
+                f"timm model '{name}' has no feature extraction (forward_intermediates)"
+            )
         info = [f for f in body.feature_info if f["reduction"] in (8, 16, 32)]
         # The last map at each of the three strides.
         by_stride = {f["reduction"]: i for i, f in enumerate(body.feature_info) if f in info}
@@ -51,9 +54,7 @@ class TimmBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """[B, 3, H, W] -> [res3 [B,C3,H/8,W/8], res4 [B,C4,H/16,W/16], res5 [B,C5,H/32,W/32]]."""
-        return self.body.forward_intermediates(
-            x, indices=self.indices, intermediates_only=True
-        )
+        return self.body.forward_intermediates(x, indices=self.indices, intermediates_only=True)
 
 
 def _make_deformable(body: nn.Module, stages: list[int]) -> None:

@@ -1,4 +1,5 @@
 """Config -> modules, with explicit constructor arguments."""
+
 from __future__ import annotations
 
 from ..config import ModelConfig

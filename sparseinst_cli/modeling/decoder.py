@@ -1,4 +1,5 @@
 """IAM decoder: instance branch (IAM / G-IAM / G-IAM softmax) and mask branch."""
+
 from __future__ import annotations
 
 import math
@@ -57,9 +58,7 @@ class InstanceBranch(nn.Module):
         self.groups = 1 if kind == "iam" else groups
         self.num_masks = num_masks
         self.inst_convs = conv_stack(num_convs, in_channels, dim)
-        self.iam_conv = nn.Conv2d(
-            dim, num_masks * self.groups, 3, padding=1, groups=self.groups
-        )
+        self.iam_conv = nn.Conv2d(dim, num_masks * self.groups, 3, padding=1, groups=self.groups)
         head_dim = dim * self.groups
         if kind != "iam":
             self.fc = nn.Linear(head_dim, head_dim)
@@ -104,7 +103,9 @@ class InstanceBranch(nn.Module):
 class MaskBranch(nn.Module):
     """Features -> mask embedding [B, kernel_dim, H, W]."""
 
-    def __init__(self, *, in_channels: int, dim: int = 256, num_convs: int = 4, kernel_dim: int = 128):
+    def __init__(
+        self, *, in_channels: int, dim: int = 256, num_convs: int = 4, kernel_dim: int = 128
+    ):
         super().__init__()
         self.mask_convs = conv_stack(num_convs, in_channels, dim)
         self.projection = nn.Conv2d(dim, kernel_dim, 1)
@@ -135,8 +136,14 @@ class IAMDecoder(nn.Module):
         super().__init__()
         self.scale_factor = scale_factor
         self.inst_branch = InstanceBranch(
-            in_channels=in_channels + 2, num_classes=num_classes, kind=kind, num_masks=num_masks,
-            groups=groups, dim=inst_dim, num_convs=inst_convs, kernel_dim=kernel_dim,
+            in_channels=in_channels + 2,
+            num_classes=num_classes,
+            kind=kind,
+            num_masks=num_masks,
+            groups=groups,
+            dim=inst_dim,
+            num_convs=inst_convs,
+            kernel_dim=kernel_dim,
         )
         self.mask_branch = MaskBranch(
             in_channels=in_channels + 2, dim=mask_dim, num_convs=mask_convs, kernel_dim=kernel_dim

@@ -1,4 +1,5 @@
 """Deformable convolution v1 (no modulation), as the DCN backbones use in res4 and res5."""
+
 from __future__ import annotations
 
 import torch
@@ -37,6 +38,11 @@ class DeformConv3x3(nn.Module):
         """[B, C, H, W] -> [B, C_out, H/stride, W/stride]."""
         offset = self.offset(x)
         return deform_conv2d(
-            x, offset, self.weight, self.bias,  # bias: only set once BN is folded in
-            stride=self.stride, padding=self.padding, dilation=self.dilation,
+            x,
+            offset,
+            self.weight,
+            self.bias,  # bias: only set once BN is folded in
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
         )

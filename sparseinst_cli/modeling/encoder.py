@@ -1,4 +1,5 @@
 """Instance Context Encoder: FPN top-down path with pyramid pooling on res5, fused at stride 8."""
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ bias. Pairs are found by registration order (conv then BN among a module's child
 conv of a Sequential then a BN), which holds for the ResNet, ResNet-D and CSPDarkNet backbones;
 `fold_frozen_bn` checks the result numerically and keeps the original on any mismatch.
 """
+
 from __future__ import annotations
 
 import copy
@@ -78,8 +79,10 @@ def fold_bn_unchecked(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def fold_frozen_bn(backbone: nn.Module, example: torch.Tensor, atol: float = 1e-4) -> tuple[nn.Module, int]:
-    """A copy of an eval-mode `backbone` with BN folded, if its outputs on `example` stay within `atol`."""
+def fold_frozen_bn(
+    backbone: nn.Module, example: torch.Tensor, atol: float = 1e-4
+) -> tuple[nn.Module, int]:
+    """A copy of an eval-mode `backbone` with BN folded, if its outputs stay within `atol`."""
     fused = copy.deepcopy(backbone)
     count = fold_bn_unchecked(fused)
     if count == 0:

@@ -1,4 +1,5 @@
 """Make a trained SparseInst fast for inference without changing its outputs."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Weight initialisations of the official release (detectron2's c2 fills)."""
+
 from torch import nn
 
 

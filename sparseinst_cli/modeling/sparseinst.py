@@ -1,4 +1,5 @@
 """The SparseInst network: normalise -> backbone -> encoder -> decoder."""
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,11 @@ class SparseInst(nn.Module):
     def with_backbone(self, backbone: nn.Module) -> SparseInst:
         """A new network sharing this one's encoder and decoder (for inference rewrites)."""
         return SparseInst(
-            backbone=backbone, encoder=self.encoder, decoder=self.decoder,
-            pixel_mean=self.pixel_mean.flatten().tolist(), pixel_std=self.pixel_std.flatten().tolist(),
+            backbone=backbone,
+            encoder=self.encoder,
+            decoder=self.decoder,
+            pixel_mean=self.pixel_mean.flatten().tolist(),
+            pixel_std=self.pixel_std.flatten().tolist(),
             size_divisibility=self.size_divisibility,
         ).to(self.pixel_mean.device)
 
