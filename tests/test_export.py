@@ -6,16 +6,18 @@ other exports use small check sizes to keep the file fast on two cores.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from pycocotools import mask as mask_util
 
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
+
+from conftest import official_state_dict  # noqa: E402
 
 from sparseinst_cli.data.coco import read_image_rgb  # noqa: E402
 from sparseinst_cli.errors import UserError  # noqa: E402
@@ -47,19 +49,13 @@ TOL = 1e-4
 
 
 def _synth_checkpoint(layout: str, path: Path) -> Path:
-    sys.path.insert(0, str(DATA))
-    try:
-        from synth_checkpoint import synth_state_dict
-    finally:
-        sys.path.remove(str(DATA))
-    entries = json.loads((DATA / "layouts" / f"{layout}.json").read_text())["state_dict"]
-    torch.save({"model": synth_state_dict(entries)}, path)
+    torch.save({"model": official_state_dict(layout)}, path)
     return path
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return _synth_checkpoint("r50_giam", tmp_path_factory.mktemp("w") / "r50_giam.pth")
+def weights(r50_giam_official) -> Path:
+    return r50_giam_official
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +136,25 @@ def test_onnx_model_predicts_like_pytorch(dynamic_onnx, loaded):
         inter = (a.masks & b.masks).flatten(1).sum(1)
         union = (a.masks | b.masks).flatten(1).sum(1)
         assert (inter / union.clamp(min=1))[union > 0].min() >= 0.99
+
+
+def test_predict_command_gives_the_same_json_for_onnx_and_pth(dynamic_onnx, weights, tmp_path):
+    """`sparseinst predict` with the exported .onnx writes what it writes with the .pth."""
+    from test_predict_cli import run_cli
+
+    outputs = {}
+    for name, args in (("pth", [weights, "--config", "r50_giam"]), ("onnx", [dynamic_onnx.path])):
+        out = tmp_path / name
+        result = run_cli("predict", IMAGE, "--weights", *args, "--out", out, "--size", "320",
+                         "--save-json", "--no-images", "--conf", "0.2")
+        assert result.returncode == 0, result.stderr
+        outputs[name] = json.loads((out / "predictions.json").read_text())
+    pth, onnx = outputs["pth"], outputs["onnx"]
+    assert len(pth) == len(onnx) > 0
+    for a, b in zip(pth, onnx):
+        assert a["category_id"] == b["category_id"] and abs(a["score"] - b["score"]) <= TOL
+        ma, mb = (mask_util.decode(e["segmentation"]).astype(bool) for e in (a, b))
+        assert (ma & mb).sum() / max((ma | mb).sum(), 1) >= 0.99
 
 
 def test_raw_outputs_from_probs_give_back_the_probabilities():

@@ -14,7 +14,6 @@ from sparseinst_cli.engine import run_dir as files
 from sparseinst_cli.errors import UserError
 from sparseinst_cli.losses import SparseInstCriterion
 
-
 R50_SMALL = (
     "input.min_size_train=[64]", "input.max_size_train=128", "input.min_size_test=64",
     "input.max_size_test=128", "solver.batch_size=2", "solver.lr=1e-5", "solver.max_iter=1",

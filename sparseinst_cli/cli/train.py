@@ -1,6 +1,7 @@
 """`sparseinst train`: parse -> TrainOptions -> engine run_training -> Rich progress and tables."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,11 +31,14 @@ SHORT = {"loss_cls": "cls", "loss_mask_bce": "bce", "loss_dice": "dice",
 class RichTrainCallbacks(TrainCallbacks):
     """Progress bar (iteration, ETA, losses, lr), notices, skipped-weights and AP tables."""
 
-    def __init__(self, quiet: bool = False):
+    def __init__(self, quiet: bool = False, log_every: float = 30.0):
         self.quiet = quiet
         self.progress: Progress | None = None
         self.task: TaskID | None = None
         self.eval_task: TaskID | None = None
+        self.log_every = log_every  # seconds between plain lines when not on a terminal
+        self._last_line = 0.0
+        self._first: tuple[int, float] | None = None
 
     def _print(self, renderable: Any) -> None:
         target = self.progress.console if self.progress is not None else err_console
@@ -62,6 +66,8 @@ class RichTrainCallbacks(TrainCallbacks):
             f"training in [bold]{info_.run_dir}[/] on {info_.device}{procs}: {info_.train_images} "
             f"images, {info_.num_classes} classes, batch {info_.batch_size}, amp {info_.amp}"
         )
+        if not console.is_terminal:  # a log file or pipe: plain lines instead of a live bar
+            return
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
@@ -80,10 +86,25 @@ class RichTrainCallbacks(TrainCallbacks):
     def on_iteration(
         self, iteration: int, max_iter: int | None, losses: dict[str, float], lr: float
     ) -> None:
-        if self.progress is None or self.task is None:
-            return
         shown = " ".join(f"{SHORT.get(k, k)} {v:.3f}" for k, v in losses.items())
-        self.progress.update(self.task, completed=iteration, status=f"{shown} lr {lr:.2e}")
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, completed=iteration, status=f"{shown} lr {lr:.2e}")
+        elif not self.quiet:
+            self._plain_line(iteration, max_iter, f"{shown} lr {lr:.2e}")
+
+    def _plain_line(self, iteration: int, max_iter: int | None, status: str) -> None:
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (iteration, now)
+        if now - self._last_line < self.log_every and iteration != max_iter:
+            return
+        self._last_line = now
+        done, start = self._first
+        eta = ""
+        if max_iter and iteration > done:
+            left = (max_iter - iteration) * (now - start) / (iteration - done)
+            eta = f" eta {int(left // 60)}:{int(left % 60):02d}"
+        console.print(f"iter {iteration}/{max_iter or '?'}{eta} {status}", highlight=False)
 
     def on_eval_start(self, iteration: int, total: int) -> None:
         if self.progress is not None:

@@ -189,6 +189,7 @@ def prepare_new(options: TrainOptions, notice) -> TrainPlan:
                             exist_ok=options.exist_ok)
     for stale in (files.METRICS, files.BEST, files.LAST, files.PLOT):
         (run / stale).unlink(missing_ok=True)
+    files.remove_partial_writes(run)
     save_config(cfg, run / files.CONFIG_FILE)
     return TrainPlan(
         config=cfg.to_dict(), run_dir=str(run), train_split=train, val_split=val,
@@ -205,6 +206,7 @@ def prepare_resume(options: TrainOptions, notice) -> TrainPlan:
     """Plan the continuation of a run from its last.pth; its config and data are kept."""
     run = files.resume_dir(Path(options.project), options.name)
     ckpt = read_train_state(run / files.LAST)
+    files.remove_partial_writes(run)
     cfg = config_from_dict(ckpt["config"])
     ignored = [flag for flag, value in (
         ("--config", options.config), ("--data", options.data), ("--weights", options.weights),

@@ -49,3 +49,9 @@ def resume_dir(project: Path, name: str | None) -> Path:
     if not runs:
         raise UserError(f"cannot resume: no run with a {LAST} under {project}; train first")
     return runs[-1].parent
+
+
+def remove_partial_writes(run: Path) -> None:
+    """Delete temporary files a killed process left behind while writing a checkpoint."""
+    for tmp in run.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
