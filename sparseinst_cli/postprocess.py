@@ -83,17 +83,19 @@ def resize_masks_thresholded(
     """[n, h/4, w/4] probabilities -> bool [n, H, W] at the original image size.
 
     Equals: bilinear to the padded size, crop to the resized image, bilinear to the original
-    size, `> threshold`. Each output row reads at most a few input rows, so the row product
-    runs band by band instead of over the whole matrix.
+    size, `> threshold`. Each output row (column) reads only a few input rows (columns), so
+    both products run band by band instead of over the whole matrices.
     """
     dev, dtype = mask_probs.device, mask_probs.dtype
-    rows = resize_matrix(mask_probs.shape[-2], padded_hw[0], image_hw[0], orig_hw[0], dev)
-    cols = resize_matrix(mask_probs.shape[-1], padded_hw[1], image_hw[1], orig_hw[1], dev)
-    wide = mask_probs @ cols.T.to(dtype)  # [n, h/4, W]
-    rows = rows.to(dtype)
-    out = torch.empty((mask_probs.shape[0], orig_hw[0], orig_hw[1]), dtype=torch.bool, device=dev)
-    for r0, r1, c0, c1 in _row_bands(rows):
-        torch.gt(rows[r0:r1, c0:c1] @ wide[:, c0:c1], threshold, out=out[:, r0:r1])
+    rows = resize_matrix(mask_probs.shape[-2], padded_hw[0], image_hw[0], orig_hw[0], dev).to(dtype)
+    cols = resize_matrix(mask_probs.shape[-1], padded_hw[1], image_hw[1], orig_hw[1], dev).to(dtype)
+    n, low_h = mask_probs.shape[:2]
+    wide = torch.empty((n, low_h, orig_hw[1]), dtype=dtype, device=dev)  # [n, h/4, W]
+    for c0, c1, k0, k1 in _row_bands(cols):
+        wide[:, :, c0:c1] = mask_probs[:, :, k0:k1] @ cols[c0:c1, k0:k1].T
+    out = torch.empty((n, orig_hw[0], orig_hw[1]), dtype=torch.bool, device=dev)
+    for r0, r1, k0, k1 in _row_bands(rows):
+        torch.gt(rows[r0:r1, k0:k1] @ wide[:, k0:k1], threshold, out=out[:, r0:r1])
     return out
 
 
