@@ -32,17 +32,25 @@ from sparseinst_cli.data.coco import read_image_rgb  # noqa: E402
 from sparseinst_cli.predictor import Predictor, load_model  # noqa: E402
 
 
-def median_ms(fn, warmup: int, iters: int) -> tuple[float, float]:
+def timed_ms(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def interleaved(fn_a, fn_b, warmup: int, iters: int) -> tuple[list[float], list[float]]:
+    """Run A and B alternately, so a machine that speeds up or slows down affects both alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        fn_a(), fn_b()
+    times_a, times_b = [], []
     for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), statistics.quantiles(times, n=10)[-1] if iters >= 2 else times[
-        0
-    ]
+        times_a.append(timed_ms(fn_a))
+        times_b.append(timed_ms(fn_b))
+    return times_a, times_b
+
+
+def p90(times: list[float]) -> float:
+    return statistics.quantiles(times, n=10)[-1] if len(times) >= 2 else times[0]
 
 
 def sparseinst_runner(image, dtype: str, size: int, optimize: bool):
@@ -92,20 +100,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     image = read_image_rgb(args.image)
     ours, post_only, padded = sparseinst_runner(image, args.dtype, args.size, not args.no_optimize)
-    ours_ms, ours_p90 = median_ms(ours, args.warmup, args.iters)
-    post_ms, _ = median_ms(post_only, args.warmup, args.iters)
-    theirs_ms, theirs_p90 = median_ms(maskrcnn_runner(image), args.warmup, args.iters)
+    ours_t, theirs_t = interleaved(ours, maskrcnn_runner(image), args.warmup, args.iters)
+    post_t = [timed_ms(post_only) for _ in range(args.iters)]
+    ratios = [a / b for a, b in zip(ours_t, theirs_t)]
     print(
         f"torch {torch.__version__}, {args.threads} threads, "
-        f"image {image.shape[1]}x{image.shape[0]}"
-        f" -> padded {padded[1]}x{padded[0]}, median of {args.iters} after {args.warmup} warm-up"
+        f"image {image.shape[1]}x{image.shape[0]} -> padded {padded[1]}x{padded[0]}, "
+        f"{args.iters} interleaved runs after {args.warmup} warm-up"
     )
-    print(f"SparseInst R-50 G-IAM ({args.dtype}): median {ours_ms:.1f} ms  p90 {ours_p90:.1f} ms")
+    med = statistics.median
     print(
-        f"  of which post-processing (100 instances, original size): {post_ms:.1f} ms"
+        f"SparseInst R-50 G-IAM ({args.dtype}): "
+        f"median {med(ours_t):.1f} ms  p90 {p90(ours_t):.1f} ms"
     )
-    print(f"Mask R-CNN R-50-FPN (fp32):     median {theirs_ms:.1f} ms  p90 {theirs_p90:.1f} ms")
-    print(f"ratio SparseInst / Mask R-CNN: {ours_ms / theirs_ms:.3f}")
+    print(f"  of which post-processing (100 instances, original size): {med(post_t):.1f} ms")
+    print(
+        f"Mask R-CNN R-50-FPN (fp32):     median {med(theirs_t):.1f} ms  p90 {p90(theirs_t):.1f} ms"
+    )
+    print(f"ratio SparseInst / Mask R-CNN: median of pairs {med(ratios):.3f}")
 
 
 if __name__ == "__main__":
