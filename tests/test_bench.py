@@ -24,7 +24,8 @@ from sparseinst_cli.engine.benchmark import (
 from sparseinst_cli.modeling.deform import DeformConv3x3
 from sparseinst_cli.predictor import Predictor, load_model
 
-SIZE = 256  # small inputs keep the tests fast; the shipped image becomes 256 x 384
+SIZE = 256  # small inputs keep the tests fast; the shipped image becomes 256 x 341
+MODEL = "demo"  # the small zoo model (ResNet-18, slim heads): same code path, far less time
 
 
 def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
@@ -40,8 +41,8 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def r50():
-    return load_model(None, "r50_giam")
+def small():
+    return load_model(None, MODEL)
 
 
 def test_stats_median_and_p90():
@@ -67,14 +68,18 @@ def test_gflops_of_a_convolution_and_a_deformable_one():
 
 
 def test_shipped_image_exists():
-    assert read_image_rgb(default_image_path()).shape == (333, 500, 3)
+    assert read_image_rgb(default_image_path()).shape == (333, 444, 3)
 
 
-def test_latency_agrees_with_an_independent_timing(r50):
-    """The reported median equals a plain perf_counter loop over forward + post within 10%."""
+def test_latency_agrees_with_an_independent_timing(small):
+    """The reported median equals a plain perf_counter loop over forward + post within 10%.
+
+    One thread, and the best of three alternating rounds: on a shared 2-core machine other
+    processes stall multi-threaded kernels for seconds at a time.
+    """
     image = read_image_rgb(default_image_path())
-    settings = BenchSettings(warmup=2, iters=8)
-    predictor = Predictor(None, loaded=r50, min_size=SIZE)
+    settings = BenchSettings(warmup=2, iters=6, threads=1)
+    predictor = Predictor(None, loaded=small, min_size=SIZE)
     batch = predictor.prepare([image])
 
     def independent() -> float:
@@ -85,27 +90,28 @@ def test_latency_agrees_with_an_independent_timing(r50):
             times.append(time.perf_counter() - t0)
         return statistics.median(times[settings.warmup:]) * 1000
 
-    # Alternate the two, so that load from other processes affects both alike.
     ours, theirs = [], []
-    for _ in range(2):
-        ours.append(benchmark(r50, image, variant="r50", size=SIZE, settings=settings).total_ms)
+    for _ in range(3):
+        result = benchmark(small, image, variant=MODEL, size=SIZE, settings=settings)
+        ours.append(result.total_ms.median)
         theirs.append(independent())
-    reported = statistics.mean(s.median for s in ours)
-    assert reported == pytest.approx(statistics.mean(theirs), rel=0.10)
+    assert min(ours) == pytest.approx(min(theirs), rel=0.10)
 
 
-def test_result_fields(r50):
+def test_result_fields(small):
     image = read_image_rgb(default_image_path())
     calls = []
-    settings = BenchSettings(warmup=1, iters=2, batch=2)
+    settings = BenchSettings(warmup=1, iters=2, batch=2, threads=1)
     r = benchmark(
-        r50, image, variant="r50_giam", size=SIZE, settings=settings,
+        small, image, variant=MODEL, size=SIZE, settings=settings,
         on_progress=lambda done, total: calls.append((done, total)),
     )
     assert calls == [(1, 3), (2, 3), (3, 3)]
-    assert r.input_hw == (256, 384) and r.batch == 2 and r.threads >= 1
-    assert r.params == sum(p.numel() for p in r50.model.parameters())
-    assert 10 < r.gflops < 100  # per image, not per batch
+    assert r.input_hw == (256, 352) and r.batch == 2 and r.threads == 1  # padded to 32
+    assert r.params == sum(p.numel() for p in small.model.parameters())
+    single = benchmark(small, image, variant=MODEL, size=SIZE,
+                       settings=BenchSettings(warmup=0, iters=1, threads=1))
+    assert r.gflops == pytest.approx(single.gflops) and r.gflops > 0  # per image, not per batch
     assert r.total_ms.median >= r.model_ms.median > 0
     assert r.fps == pytest.approx(2000 / r.total_ms.median)
     assert 0 <= r.detections <= 100
@@ -114,28 +120,28 @@ def test_result_fields(r50):
 def test_bench_command_writes_json_and_warns(tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench.json"
     code, stdout, stderr = run_cli(
-        ["bench", "-c", "r50_giam", "--size", str(SIZE), "--warmup", "0", "--iters", "2",
-         "--json", str(out)], monkeypatch, capsys,
+        ["bench", "-c", MODEL, "--size", str(SIZE), "--warmup", "0", "--iters", "2",
+         "--threads", "1", "--json", str(out)], monkeypatch, capsys,
     )
     assert code == 0, stderr
-    assert "r50_giam" in stdout and "FPS" in stdout
+    assert MODEL in stdout and "FPS" in stdout
     assert "--warmup 0 is below 3" in stderr and "--iters 2 is below 10" in stderr
     data = json.loads(out.read_text())
     assert set(data["environment"]) >= {"cpu", "torch", "torchvision", "python"}
     (row,) = data["results"]
-    assert row["variant"] == "r50_giam" and row["size"] == SIZE and row["dtype"] == "fp32"
-    assert row["fps"] > 0 and row["gflops"] > 0 and row["params"] > 30e6
+    assert row["variant"] == MODEL and row["size"] == SIZE and row["dtype"] == "fp32"
+    assert row["fps"] > 0 and row["gflops"] > 0 and row["params"] > 1e6
     assert set(row["total_ms"]) == {"median", "p90"}
 
 
 def test_bench_markdown(monkeypatch, capsys):
     code, stdout, stderr = run_cli(
-        ["-q", "bench", "-c", "r50_giam", "--size", "128", "--warmup", "3", "--iters", "10",
-         "--dtype", "bf16", "--markdown"], monkeypatch, capsys,
+        ["-q", "bench", "-c", MODEL, "--size", "128", "--warmup", "3", "--iters", "10",
+         "--threads", "1", "--dtype", "bf16", "--markdown"], monkeypatch, capsys,
     )
     assert code == 0, stderr
     assert stdout.startswith("| variant | size | dtype |")
-    assert "| r50_giam | 128 | bf16 |" in stdout and stderr == ""
+    assert f"| {MODEL} | 128 | bf16 |" in stdout and stderr == ""
 
 
 @pytest.mark.parametrize(

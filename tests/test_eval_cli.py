@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 from pycocotools import mask as mask_util
@@ -65,16 +64,12 @@ def write_split(root: Path, images: dict[int, tuple[str, int, int]], anns: list[
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    """An official-layout R-50 G-IAM checkpoint with synthetic weights, and a two-image COCO
-    split whose ground truth is made from some of that model's own predictions (so AP is
-    neither 0 nor 100)."""
-    sys.path.insert(0, str(DATA))
-    from synth_checkpoint import synth_state_dict
-
+def synth(tmp_path_factory, r50_giam_official):
+    """An official-layout R-50 G-IAM checkpoint with synthetic weights (conftest), and a
+    two-image COCO split whose ground truth is made from some of that model's own predictions
+    (so AP is neither 0 nor 100)."""
     root = tmp_path_factory.mktemp("eval")
-    layout = json.loads((DATA / "layouts" / "r50_giam.json").read_text())["state_dict"]
-    torch.save({"model": synth_state_dict(layout)}, root / "r50.pth")
+    (root / "r50.pth").symlink_to(r50_giam_official)
     photo = np.asarray(Image.open(DATA / "000000006471.jpg").convert("RGB"))
     (root / "images").mkdir()
     Image.fromarray(photo).save(root / "images" / "a.png")
@@ -179,8 +174,9 @@ def test_results_file_perfect_predictions_give_100(handmade, tmp_path, monkeypat
     dets = [{"image_id": 1, "category_id": 5, "segmentation": rle(a), "score": 0.9},
             {"image_id": 1, "category_id": 9, "segmentation": rle(b), "score": 0.8}]
     ap = score_file(dets, handmade, tmp_path, monkeypatch, capsys)
-    assert ap == {"model": "dets", "AP": 100.0, "AP50": 100.0, "AP75": 100.0,
-                  "APs": None, "APm": 100.0, "APl": None}
+    assert ap == {"model": "dets", "AP": pytest.approx(100.0), "AP50": pytest.approx(100.0),
+                  "AP75": pytest.approx(100.0), "APs": None, "APm": pytest.approx(100.0),
+                  "APl": None}
 
 
 def test_results_file_one_wrong_class(handmade, tmp_path, monkeypatch, capsys):

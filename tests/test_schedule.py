@@ -40,7 +40,7 @@ def test_time_budget_counts_iterations_that_fit():
 def test_time_budget_spent_while_measuring_ends_now():
     budget = TimeBudget(seconds=10.0, skip=2, min_iters=50, started=0.0)
     assert budget.observe(2, now=1.0) is None and budget.observe(3, now=5.0) is None
-    assert budget.observe(4, now=11.0) == 4
+    assert budget.observe(4, now=11.0) == 5  # the iteration about to run
 
 
 def test_controller_writes_each_group_and_keeps_the_rollback_scale():

@@ -132,3 +132,11 @@ def test_time_budget_fixes_the_iteration_count(data, tmp_path):
     assert summary.status == "finished" and summary.max_iter == summary.iteration >= 2
     saved = files.CONFIG_FILE
     assert f"max_iter: {summary.max_iter}" in (summary.run_dir / saved).read_text()
+
+
+def test_bf16_and_gradient_clipping_train(data, tmp_path):
+    summary = train(data, tmp_path, amp="bf16", iters=2,
+                    overrides=("solver.clip_grad_norm=1.0", "solver.checkpoint_period=0"))
+    assert summary.status == "finished"
+    assert read_checkpoint(summary.last)["config"]["solver"]["amp"] == "bf16"
+    assert all(torch.isfinite(v).all() for v in weights(summary.last).values())

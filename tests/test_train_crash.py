@@ -73,3 +73,22 @@ def test_cli_user_mistake_is_one_line_and_status_2(data, tmp_path):
     assert proc.stderr.strip().startswith("error:") and "fp16" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not Path(tmp_path / "exp").exists()
+
+
+def test_ctrl_c_to_the_process_group_with_loader_workers(data, tmp_path):
+    """The terminal sends SIGINT to every process, data loader workers included."""
+    cmd = [sys.executable, "-m", "sparseinst_cli", "train", "-c", "demo", "-d", str(data),
+           "--project", str(tmp_path), "--name", "int", "--device", "cpu", "--workers", "1",
+           *TINY, "solver.max_iter=100000", "solver.checkpoint_period=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    last = tmp_path / "int" / "last.pth"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(3.0)  # some iterations with the worker running
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "--resume --name int" in out.replace("\n", "")
+    assert read_train_state(last)["iteration"] > 0

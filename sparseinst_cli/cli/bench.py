@@ -17,12 +17,13 @@ from ..engine.benchmark import (
     BenchSettings,
     available_cpus,
     benchmark,
+    busy_warning,
     default_image_path,
     environment,
     trust_warnings,
 )
 from ..engine.eval_jobs import EvalJob, run_eval
-from ..errors import UserError
+from ..errors import RunError, UserError
 from ..fileio import atomic_write_json
 from ..predictor import LoadedModel, load_model
 from ..runtime import resolve_device, resolve_dtype
@@ -76,15 +77,18 @@ def bench(
     """Measure forward + post-processing speed. Example: sparseinst bench --all --size 608"""
     specs = _specs(config, weights, all_variants)
     dtypes = dtype or ["fp32"]
-    settings = _settings(device, dtypes, batch, warmup, iters, threads, max_size)
-    for note in trust_warnings(warmup, iters):
-        info(f"[yellow]warning:[/] {note}")
+    settings = _settings(device, dtypes, batch, warmup, iters, threads, max_size, size or [])
+    for note in [*trust_warnings(warmup, iters), busy_warning(device)]:
+        if note:
+            info(f"[yellow]warning:[/] {note}")
     if eval_data is not None and any(s.weights is None for s in specs):
         info("[yellow]warning:[/] --eval without --weights measures randomly initialised models")
     split = resolve_split(eval_data, "val") if eval_data is not None else None
     picture = read_image_rgb(image or default_image_path())
-    results = _run(specs, size or [None], dtypes, settings, picture, split)
+    results, failures = _run(specs, size or [None], dtypes, settings, picture, split)
     env = environment()
+    if not results:
+        raise RunError(f"every measurement failed; the first: {failures[0]}")
     if markdown:
         console.print(bench_markdown(results, env), markup=False, highlight=False, soft_wrap=True)
     else:
@@ -94,6 +98,10 @@ def bench(
     if json_out is not None:
         atomic_write_json(json_out, {"environment": env, "results": [r.to_dict() for r in results]})
         info(f"wrote {json_out}")
+    for failure in failures:
+        info(f"[red]failed:[/] {failure}")
+    if failures:
+        raise RunError(f"{len(failures)} measurement(s) failed (listed above); the rest are shown")
 
 
 def _specs(
@@ -108,7 +116,7 @@ def _specs(
 
 def _settings(
     device: str, dtypes: list[str], batch: int | None, warmup: int, iters: int,
-    threads: int | None, max_size: int | None,
+    threads: int | None, max_size: int | None, sizes: list[int],
 ) -> BenchSettings:
     """Check every number and name before any model is built."""
     dev = resolve_device(device)
@@ -120,6 +128,8 @@ def _settings(
         (iters >= 1, f"--iters {iters} must be at least 1"),
         (threads is None or threads >= 1, f"--threads {threads} must be at least 1"),
         (max_size is None or max_size >= 32, f"--max-size {max_size} must be at least 32"),
+        *((s >= 32, f"--size {s} is too small; give the short side in pixels, e.g. 608")
+          for s in sizes),
     ]
     for ok, message in checks:
         if not ok:
@@ -133,12 +143,14 @@ def _settings(
 def _run(
     specs: list[ModelSpec], sizes: list[int | None], dtypes: list[str],
     settings: BenchSettings, picture: np.ndarray, split: SplitSpec | None,
-) -> list[BenchResult]:
-    """Every (model, size, dtype), one model in memory at a time, with a progress bar."""
-    for s in sizes:
-        if s is not None and s < 32:
-            raise UserError(f"--size {s} is too small; give the short side in pixels, e.g. 608")
+) -> tuple[list[BenchResult], list[str]]:
+    """Every (model, size, dtype), one model in memory at a time, with a progress bar.
+
+    A measurement that fails in torch (an op without a kernel for that dtype, out of memory)
+    is reported and skipped; the others still run. Returns results and failure messages.
+    """
     results: list[BenchResult] = []
+    failures: list[str] = []
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=console, disable=state.quiet, transient=True) as progress:
@@ -147,25 +159,26 @@ def _run(
             for s in sizes:
                 short = s or loaded.config.input.min_size_test
                 for dt in dtypes:
-                    task = progress.add_task(f"{spec.label} {short} {dt}", total=None)
-                    result = benchmark(
-                        loaded, picture, variant=spec.label, size=short,
-                        settings=_with_dtype(settings, dt),
-                        on_progress=lambda done, total, t=task: progress.update(
-                            t, completed=done, total=total),
-                    )
-                    if split is not None:
-                        progress.update(task, description=f"{spec.label} {short} {dt} eval")
-                        result.ap = _mask_ap(loaded, split, short, settings, dt)
+                    label = f"{spec.label} {short} {dt}"
+                    task = progress.add_task(label, total=None)
+                    try:
+                        result = benchmark(
+                            loaded, picture, variant=spec.label, size=short,
+                            settings=replace(settings, dtype=dt),
+                            on_progress=lambda done, total, t=task: progress.update(
+                                t, completed=done, total=total),
+                        )
+                        if split is not None:
+                            progress.update(task, description=f"{label} eval")
+                            result.ap = _mask_ap(loaded, split, short, settings, dt)
+                        results.append(result)
+                    except (RuntimeError, NotImplementedError) as exc:
+                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                        failures.append(f"{label}: {type(exc).__name__}: {first[:200]}")
                     progress.remove_task(task)
-                    results.append(result)
             del loaded
             gc.collect()
-    return results
-
-
-def _with_dtype(settings: BenchSettings, dtype: str) -> BenchSettings:
-    return replace(settings, dtype=dtype)
+    return results, failures
 
 
 def _mask_ap(

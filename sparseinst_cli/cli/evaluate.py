@@ -71,7 +71,8 @@ def evaluate(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "fp32",
 ) -> None:
-    """COCO mask AP on a val split. Example: sparseinst eval -w model.pth --data demo"""
+    """COCO mask AP on a val split (coco_2017_val unless --data). Example:
+    sparseinst eval -w model.pth --data demo"""
     split = resolve_split(data or "coco_2017_val", "val")
     if results is not None:
         if weights or config:

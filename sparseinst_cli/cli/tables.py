@@ -88,7 +88,8 @@ def bench_caption(results: Sequence[BenchResult], env: Mapping[str, str]) -> str
     r = results[0]
     machine = ", ".join(f"{k} {v}" for k, v in env.items())
     return (
-        f"{machine}; device {r.device}, batch {r.batch}, {r.threads} threads, "
+        f"{machine}; device {r.device}, batch {r.batch}, {r.threads} thread"
+        f"{'s' if r.threads != 1 else ''}, "
         f"{r.warmup} warm-up + {r.iters} timed steps; ms are medians, p90 of the latency; "
         "latency = forward + post-processing (no reading/resizing); "
         "GFLOPs per image with a multiply-add counted as 2"

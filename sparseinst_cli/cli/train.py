@@ -24,8 +24,15 @@ from .console import console, err_console, info, state
 from .options import BatchOpt, ConfigOpt, DataOpt, GpusOpt, OverridesArg, WeightsOpt
 from .tables import ap_table, per_class_table, print_table
 
-SHORT = {"loss_cls": "cls", "loss_mask_bce": "bce", "loss_dice": "dice",
-         "loss_objectness": "obj", "total_loss": "total"}
+SHORT = {"loss_cls": "cls", "loss_mask_bce": "bce", "loss_dice": "dice", "loss_objectness": "obj"}
+
+
+def loss_text(losses: dict[str, float], lr: float) -> str:
+    """`loss 1.23 (cls 0.21 bce 0.30 dice 0.40 obj 0.32) lr 1.0e-03`: one short line."""
+    parts = " ".join(f"{SHORT[k]} {v:.2f}" for k, v in losses.items() if k in SHORT)
+    total = losses.get("total_loss")
+    head = f"loss {total:.2f} ({parts})" if total is not None else parts
+    return f"{head} lr {lr:.1e}"
 
 
 class RichTrainCallbacks(TrainCallbacks):
@@ -69,7 +76,7 @@ class RichTrainCallbacks(TrainCallbacks):
         if not console.is_terminal:  # a log file or pipe: plain lines instead of a live bar
             return
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"), console=console, transient=False,
         )
@@ -86,11 +93,10 @@ class RichTrainCallbacks(TrainCallbacks):
     def on_iteration(
         self, iteration: int, max_iter: int | None, losses: dict[str, float], lr: float
     ) -> None:
-        shown = " ".join(f"{SHORT.get(k, k)} {v:.3f}" for k, v in losses.items())
         if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, completed=iteration, status=f"{shown} lr {lr:.2e}")
+            self.progress.update(self.task, completed=iteration, status=loss_text(losses, lr))
         elif not self.quiet:
-            self._plain_line(iteration, max_iter, f"{shown} lr {lr:.2e}")
+            self._plain_line(iteration, max_iter, loss_text(losses, lr))
 
     def _plain_line(self, iteration: int, max_iter: int | None, status: str) -> None:
         now = time.monotonic()

@@ -12,7 +12,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -25,13 +25,15 @@ from ..preprocess import ImageBatch
 
 MIN_TRUSTED_WARMUP = 3
 MIN_TRUSTED_ITERS = 10
-BENCH_IMAGE = "000000006471.jpg"  # COCO val2017, shipped under sparseinst_cli/assets/
+# COCO val2017 000000006471, centre-cropped to 4:3 (444 x 333) like most COCO photos (640 x 480),
+# so that the long-side limit (853) does not make short sides 608 and 640 the same input.
+BENCH_IMAGE = "bench_000000006471_4x3.jpg"
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in total) of one measurement
 
 
 def default_image_path() -> Path:
-    """The benchmark image shipped with the package (a COCO val2017 photo, 500 x 333)."""
+    """The benchmark image shipped with the package (a COCO val2017 photo, 444 x 333)."""
     return Path(str(resources.files("sparseinst_cli") / "assets" / BENCH_IMAGE))
 
 
@@ -57,6 +59,20 @@ def trust_warnings(warmup: int, iters: int) -> list[str]:
             "noisy; use --iters 10 or more for numbers you can trust"
         )
     return notes
+
+
+def busy_warning(device: str) -> str | None:
+    """A note when other processes keep the CPU busy (1-minute load above half the cores):
+    they stall multi-threaded kernels, so CPU latencies come out slower and noisier."""
+    if not device.startswith("cpu") or not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], available_cpus()
+    if load <= cores / 2:
+        return None
+    return (
+        f"the CPU is busy (load average {load:.1f} on {cores} cores): latencies will be slower "
+        "and noisier than on an idle machine; stop other jobs for numbers you can publish"
+    )
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,6 @@ class BenchResult:
     total_ms: Stats  # statistics of per-step (model + post) sums, not sums of statistics
     detections: float  # mean detections per image (post-processing cost depends on it)
     ap: float | None = None  # mask AP (0-100) when a dataset was evaluated
-    extra: dict = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
@@ -221,7 +236,7 @@ def benchmark(
         threads=threads,
         warmup=settings.warmup,
         iters=settings.iters,
-        params=count_params(predictor.model),
+        params=count_params(loaded.model),  # as built; inference folding adds conv biases
         gflops=gflops,
         model_ms=Stats.of(model_s),
         post_ms=Stats.of(post_s),

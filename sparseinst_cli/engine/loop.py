@@ -28,6 +28,7 @@ from .state import (
     restore_rng,
     save_train_state,
     save_weights,
+    signals_ignored,
 )
 from .trainer import (
     NONFINITE_LIMIT,
@@ -52,6 +53,8 @@ class TrainLoop:
         self.run_dir = Path(plan.run_dir)
         self.labels = Labels(list(plan.class_names), list(plan.category_ids))
         self.log = MetricsLog(self.run_dir / files.METRICS)
+        self._budget: TimeBudget | None = None  # a --time budget while it is being measured
+        self._start = time.monotonic()
         torch.manual_seed(self.cfg.seed)  # the same initial weights in every process
         model = build_model(self.cfg.model).to(ctx.device)
         if not plan.resume:
@@ -93,7 +96,7 @@ class TrainLoop:
 
     def _train_state(self) -> dict[str, Any]:
         state = dataclasses.asdict(self.state)
-        if state["budget_left"] is not None and hasattr(self, "_budget"):
+        if state["budget_left"] is not None and self._budget is not None:
             state["budget_left"] = max(0.0, self._budget.seconds - self._elapsed())
         return {
             **state, **self.stepper.state_dict(), "world_size": self.ctx.world_size,
@@ -135,7 +138,7 @@ class TrainLoop:
     def run(self) -> TrainSummary:
         self._start = time.monotonic()
         if self.state.budget_left is not None:
-            self._budget = TimeBudget(self.state.budget_left)
+            self._budget = TimeBudget(self.state.budget_left, started=self._start)
         if self.ctx.is_main:
             self.cb.on_start(self._info())
             if self.max_iter is not None:
@@ -149,15 +152,12 @@ class TrainLoop:
 
     def _iterate(self, signals: StopSignals) -> str:
         averages = WindowAverages()
-        data = iter(self._loader())
+        data = self._data()
         window: list[dict[str, float]] = []
         while self.max_iter is None or self.state.iteration < self.max_iter:
             images, targets = next(data)
             stop = signals.requested is not None or self._stop_after(self.state.iteration + 1)
-            budget = budget_decision(getattr(self, "_budget", None), self.ctx,
-                                     self.state.iteration + 1)
-            if self.state.budget_left is None:
-                budget = 0
+            budget = budget_decision(self._budget, self.ctx, self.state.iteration)
             result = self.stepper.step(
                 self.state.iteration, images, targets, stop=stop, budget_iters=budget
             )
@@ -166,7 +166,7 @@ class TrainLoop:
                 self._fix_budget(result.budget_iters)
             if not result.finite:
                 if self._nonfinite(result.losses):
-                    data = iter(self._loader())
+                    data = self._data()
                     window.clear()
                 continue
             self.state.nonfinite = 0
@@ -196,11 +196,14 @@ class TrainLoop:
     def _stop_after(self, iteration: int) -> bool:
         return self.plan.stop_after is not None and iteration >= self.plan.stop_after
 
-    def _loader(self):
-        return build_train_data(
+    def _data(self):
+        """The batch iterator from the current iteration on (its workers ignore Ctrl-C)."""
+        loader = build_train_data(
             self.cfg, self.source, self.ctx, workers=self.plan.workers,
             start_iter=self.state.iteration,
         )
+        with signals_ignored():
+            return iter(loader)
 
     def _fix_budget(self, total: int) -> None:
         """The --time measurement is done: lay the schedule over `total` iterations."""
@@ -209,7 +212,7 @@ class TrainLoop:
         solver = self.cfg.solver
         solver.max_iter, solver.steps = schedule.max_iter, list(schedule.steps)
         solver.warmup_iters = schedule.warmup_iters
-        self.state.budget_left = None
+        self.state.budget_left, self._budget = None, None
         if self.ctx.is_main:
             save_config(self.cfg, self.run_dir / files.CONFIG_FILE)
             self.cb.on_schedule(total, f"time budget: {schedule.describe()}")

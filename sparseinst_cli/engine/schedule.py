@@ -85,7 +85,8 @@ class TimeBudget:
 
     Iterations before `skip` (start-up, first allocations) are not timed. Measuring stops once
     `min_iters` iterations took at least `min(max_window, window_fraction * seconds)`; the
-    result counts the iterations already done plus those that fit in the time left.
+    result counts the iterations already done plus those that fit in the time left, at least
+    one more: the caller runs the next iteration before it can act on the decision.
     """
 
     seconds: float
@@ -112,4 +113,4 @@ class TimeBudget:
                 return None
         per_iter = (now - t0) / max(timed, 1)
         left = max(0.0, self.seconds - (now - self.started))
-        return max(done, done + int(left / per_iter))
+        return done + max(1, int(left / per_iter))  # the iteration about to run counts too

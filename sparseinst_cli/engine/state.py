@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -86,6 +88,21 @@ def read_train_state(path: Path) -> dict[str, Any]:
 
         raise UserError(f"{path} holds weights only, not a training state; it cannot be resumed")
     return ckpt
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored meanwhile. Processes started inside (data loader workers)
+    keep ignoring them, so Ctrl-C stops the training loop cleanly instead of its workers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 class StopSignals:

@@ -6,8 +6,7 @@ iteration count of a --time budget) is all-reduced first, so all processes take 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +22,6 @@ from ..losses import SparseInstCriterion
 from ..matcher import HungarianMatcher
 from ..preprocess import pad_batch
 from ..runtime import autocast_context
-from .callbacks import TrainCallbacks
 from .distributed import DistContext, all_reduce_sum
 from .optim import build_optimizer
 from .schedule import LRController, TimeBudget, WarmupMultiStep
@@ -96,7 +94,6 @@ class LoopState:
     rollbacks: int = 0
     best_ap: float | None = None
     budget_left: float | None = None  # seconds, while a --time budget is not measured yet
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Stepper:
@@ -203,18 +200,9 @@ def budget_decision(budget: TimeBudget | None, ctx: DistContext, iteration: int)
     return budget.observe(iteration) or 0
 
 
-def seconds_since(start: float) -> float:
-    return time.monotonic() - start
-
-
 def check_rollbacks(state: LoopState) -> None:
     if state.rollbacks >= MAX_ROLLBACKS:
         raise RunError(
             f"training diverged: still non-finite losses after {MAX_ROLLBACKS} rollbacks; "
             "lower solver.lr or set solver.clip_grad_norm (e.g. 1.0)"
         )
-
-
-def notify(callbacks: TrainCallbacks | None, message: str) -> None:
-    if callbacks is not None:
-        callbacks.on_notice(message)

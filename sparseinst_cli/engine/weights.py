@@ -81,7 +81,7 @@ def _read_any(path: Path) -> dict[str, torch.Tensor]:
 
         obj = load_file(str(path))
     else:
-        obj = read_checkpoint(path)
+        obj = _torch_load(path)
     for key in ("model", "state_dict"):
         while isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -92,6 +92,19 @@ def _read_any(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(value, torch.Tensor):
             state[re.sub(r"^(module\.)?(backbone\.)?(body\.|bottom_up\.)?", "", key)] = value
     return state
+
+
+def _torch_load(path: Path) -> Any:
+    if not path.is_file():
+        raise UserError(f"backbone weights not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(
+            f"{path} is not a weights-only PyTorch checkpoint ({first}); re-save its state dict "
+            "with torch.save(model.state_dict(), path)"
+        ) from None
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from torch import nn
 from ..data.transforms import resize_image
 from ..postprocess import resize_masks_thresholded
 from ..preprocess import ImageBatch
+from ..samples import PARITY_IMAGE, asset_path
 from .graph import END_TO_END_OUTPUTS, RAW_OUTPUTS, EndToEndHead, RawHead
 
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((320, 480), (608, 800))
@@ -28,13 +28,12 @@ TOLERANCE = 1e-4  # max |diff| of scores and mask probabilities, fp32
 HALF_TOLERANCE = 5e-2  # fp16 graph against the fp32 model
 MIN_IOU = 0.99
 HALF_MIN_IOU = 0.9
-PARITY_IMAGE = "000000006471.jpg"  # COCO val2017 (500 x 333), shipped under assets/
 
 Runner = Callable[[torch.Tensor], dict[str, torch.Tensor]]  # images -> named outputs
 
 
 def default_image_path() -> Path:
-    return Path(str(resources.files("sparseinst_cli") / "assets" / PARITY_IMAGE))
+    return asset_path(PARITY_IMAGE)
 
 
 @dataclass
