@@ -140,3 +140,15 @@ def test_bf16_and_gradient_clipping_train(data, tmp_path):
     assert summary.status == "finished"
     assert read_checkpoint(summary.last)["config"]["solver"]["amp"] == "bf16"
     assert all(torch.isfinite(v).all() for v in weights(summary.last).values())
+
+
+def test_amp_auto_picks_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from sparseinst_cli.engine import plan
+
+    monkeypatch.setattr(plan, "cpu_has_native_bf16", lambda: True)
+    assert plan.check_amp("auto", "cpu") == "bf16"
+    monkeypatch.setattr(plan, "cpu_has_native_bf16", lambda: False)
+    assert plan.check_amp("auto", "cpu") == "none"
+    assert plan.check_amp("fp16", "cuda") == "fp16"
+    with pytest.raises(UserError, match="not one of"):
+        plan.check_amp("fp8", "cpu")

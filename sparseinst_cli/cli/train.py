@@ -167,7 +167,8 @@ def train(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue --name's run (or the latest) from its last.pth.")] = False,
     amp: Annotated[str | None, typer.Option(
-        "--amp", help="Mixed precision: fp16 (CUDA, loss scaling), bf16 or none.")] = None,
+        "--amp", help="Mixed precision: fp16 (CUDA, loss scaling), bf16, none or auto "
+        "(bf16 where the hardware has it).")] = None,
     device: Annotated[str | None, typer.Option(
         "--device", help="cpu, cuda or cuda:N (default: cuda when present).")] = None,
     workers: Annotated[int | None, typer.Option(

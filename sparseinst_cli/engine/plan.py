@@ -22,7 +22,7 @@ from .distributed import under_torchrun
 from .state import read_train_state
 from .trainer import schedule_of
 
-AMP_MODES = ("none", "fp16", "bf16")
+AMP_MODES = ("none", "fp16", "bf16", "auto")
 
 
 @dataclass
@@ -87,11 +87,26 @@ def pick_device(name: str | None, gpus: int) -> tuple[str, str]:
 
 
 def check_amp(amp: str, device_type: str) -> str:
+    """The precision to train in; `auto` picks bf16 where the hardware computes it natively
+    (CPUs with AVX512-BF16 or AMX, GPUs from Ampere on), else fp16 on GPUs, else none."""
     if amp not in AMP_MODES:
         raise UserError(f"--amp {amp!r} is not one of {', '.join(AMP_MODES)}")
     if amp == "fp16" and device_type != "cuda":
         raise UserError("--amp fp16 needs a CUDA GPU; on a CPU use --amp bf16 or none")
-    return amp
+    if amp != "auto":
+        return amp
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "none"
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX in /proc/cpuinfo (Linux); elsewhere assume not."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def read_classes(train: SplitSpec, val: SplitSpec | None, filter_empty: bool) -> tuple:
@@ -173,7 +188,10 @@ def prepare_new(options: TrainOptions, notice) -> TrainPlan:
         raise UserError("train needs --data (a DATA.yaml, coco_2017 or demo)")
     kind, device = pick_device(options.device, options.gpus)
     apply_options(cfg, options, options.gpus, notice)
-    check_amp(cfg.solver.amp, kind)
+    amp = check_amp(cfg.solver.amp, kind)
+    if amp != cfg.solver.amp:
+        notice(f"amp {cfg.solver.amp}: training in {amp} on this {kind}")
+        cfg.solver.amp = amp
     for path, flag in ((options.weights, "--weights"), (options.backbone_weights,
                                                         "--backbone-weights")):
         if path is not None and not Path(path).is_file():
