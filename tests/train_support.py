@@ -37,6 +37,8 @@ TINY = [
     "solver.warmup_iters=2",
     "solver.checkpoint_period=2",
     "solver.eval_period=0",
+    "solver.amp=none",
+    "solver.clip_grad_norm=0.0",
     "data.num_workers=0",
 ]
 

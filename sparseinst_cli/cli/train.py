@@ -110,7 +110,8 @@ class RichTrainCallbacks(TrainCallbacks):
         if max_iter and iteration > done:
             left = (max_iter - iteration) * (now - start) / (iteration - done)
             eta = f" eta {int(left // 60)}:{int(left % 60):02d}"
-        console.print(f"iter {iteration}/{max_iter or '?'}{eta} {status}", highlight=False)
+        console.print(f"iter {iteration}/{max_iter or '?'}{eta} {status}", highlight=False,
+                      soft_wrap=True)
 
     def on_eval_start(self, iteration: int, total: int) -> None:
         if self.progress is not None:

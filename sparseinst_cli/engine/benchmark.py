@@ -13,7 +13,6 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +21,19 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from ..predictor import LoadedModel, Predictor
 from ..preprocess import ImageBatch
+from ..samples import BENCH_IMAGE, asset_path
 
 MIN_TRUSTED_WARMUP = 3
 MIN_TRUSTED_ITERS = 10
-# COCO val2017 000000006471, centre-cropped to 4:3 (444 x 333) like most COCO photos (640 x 480),
-# so that the long-side limit (853) does not make short sides 608 and 640 the same input.
-BENCH_IMAGE = "bench_000000006471_4x3.jpg"
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in total) of one measurement
 
 
 def default_image_path() -> Path:
-    """The benchmark image shipped with the package (a COCO val2017 photo, 444 x 333)."""
-    return Path(str(resources.files("sparseinst_cli") / "assets" / BENCH_IMAGE))
+    """The benchmark image shipped with the package: COCO val2017 000000006471 centre-cropped to
+    4:3 (444 x 333) like most COCO photos, so that the long-side limit (853) does not make
+    short sides 608 and 640 the same input."""
+    return asset_path(BENCH_IMAGE)
 
 
 def available_cpus() -> int:
