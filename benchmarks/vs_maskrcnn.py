@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import sparseinst_cli  # noqa: F401 - first: sets GOMP_SPINCOUNT before torch loads, for both models
 import torch
 import torchvision
 
@@ -105,6 +107,7 @@ def main() -> None:
     ratios = [a / b for a, b in zip(ours_t, theirs_t)]
     print(
         f"torch {torch.__version__}, {args.threads} threads, "
+        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, "
         f"image {image.shape[1]}x{image.shape[0]} -> padded {padded[1]}x{padded[0]}, "
         f"{args.iters} interleaved runs after {args.warmup} warm-up"
     )

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# libgomp's idle threads spin for milliseconds after every parallel op, taking the cores from
+# NNPACK's threads (fast 3x3 convs), from data-loading workers and from anything else running;
+# a short spin costs oneDNN nothing measurable. It only acts when set before torch loads, which
+# importing sparseinst_cli first (as the `sparseinst` command does) ensures; yours wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
 __version__ = "0.1.0"
 
 _API = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -27,6 +28,31 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise UserError(f"unsupported device '{name}'; use cpu or cuda")
     return device
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (the affinity mask, not the host's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_process_count(gpus: int, device_type: str) -> None:
+    """`--gpus N` starts N processes: one per GPU on CUDA, N CPU processes without CUDA."""
+    if gpus < 1:
+        raise UserError(f"--gpus {gpus} must be at least 1")
+    if device_type == "cuda":
+        count = torch.cuda.device_count()
+        if gpus > count:
+            raise UserError(f"--gpus {gpus} but {count} GPU(s) are visible; use --gpus {count}")
+        return
+    cores = available_cpus()
+    if gpus > cores:
+        raise UserError(
+            f"--gpus {gpus} without a CUDA GPU means {gpus} CPU processes, but this machine has "
+            f"{cores} core(s); use --gpus {cores} or fewer, or --device cuda on a GPU machine"
+        )
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -41,7 +41,14 @@ def test_every_official_layout_loads_strictly_and_runs(layout):
 
 @pytest.fixture(scope="module")
 def predictor(r50_giam_official):
-    return Predictor(r50_giam_official, "r50_giam", min_size=320, max_size=533)
+    """The fast path as the `sparseinst` command builds it: BN folded, channels-last, NNPACK
+    Winograd convs in the encoder, decoder and (GOMP_SPINCOUNT set) backbone."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GOMP_SPINCOUNT", "1000")
+        made = Predictor(r50_giam_official, "r50_giam", min_size=320, max_size=533)
+    swapped = sum(type(m).__name__ == "NnpackConv3x3" for m in made.model.modules())
+    assert swapped >= 17 or not torch._nnpack_available()  # 9 in the head, 8 in the backbone
+    return made
 
 
 def test_raw_outputs_match_official(predictor):

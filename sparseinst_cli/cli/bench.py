@@ -15,7 +15,6 @@ from ..data.datasets import SplitSpec, resolve_split
 from ..engine.benchmark import (
     BenchResult,
     BenchSettings,
-    available_cpus,
     benchmark,
     busy_warning,
     default_image_path,
@@ -26,7 +25,7 @@ from ..engine.eval_jobs import EvalJob, run_eval
 from ..errors import RunError, UserError
 from ..fileio import atomic_write_json
 from ..predictor import LoadedModel, load_model
-from ..runtime import resolve_device, resolve_dtype
+from ..runtime import available_cpus, resolve_device, resolve_dtype
 from .console import console, info, state
 from .options import (
     BatchOpt,

@@ -24,7 +24,7 @@ from ..engine.run_dir import new_run_dir
 from ..errors import UserError
 from ..evaluation import evaluate_segm
 from ..fileio import atomic_write_json
-from ..runtime import resolve_device, resolve_dtype
+from ..runtime import check_process_count, resolve_device, resolve_dtype
 from .console import console, info, state
 from .options import (
     BatchOpt,
@@ -101,9 +101,10 @@ def _jobs(
     specs = model_specs(weights, configs, command="eval")
     if any(s.weights is None for s in specs):
         raise UserError("eval needs trained weights: add --weights model.pth (with its --config)")
-    resolve_dtype(dtype, resolve_device(device))
+    resolved = resolve_device(device)
+    resolve_dtype(dtype, resolved)
+    check_process_count(gpus, resolved.type)
     for ok, message in (
-        (gpus >= 1, f"--gpus {gpus} must be at least 1"),
         (batch is None or batch >= 1, f"--batch {batch} must be at least 1"),
         (workers >= 0, f"--workers {workers} must be 0 or more"),
         (size is None or size >= 32, f"--size {size} is too small; give the short side, e.g. 608"),

@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from ..predictor import LoadedModel, Predictor
 from ..preprocess import ImageBatch
+from ..runtime import available_cpus
 from ..samples import BENCH_IMAGE, asset_path
 
 MIN_TRUSTED_WARMUP = 3
@@ -34,14 +35,6 @@ def default_image_path() -> Path:
     4:3 (444 x 333) like most COCO photos, so that the long-side limit (853) does not make
     short sides 608 and 640 the same input."""
     return asset_path(BENCH_IMAGE)
-
-
-def available_cpus() -> int:
-    """CPU cores this process may run on (the affinity mask, not the host's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def trust_warnings(warmup: int, iters: int) -> list[str]:

@@ -20,7 +20,7 @@ from ..data.datasets import SplitSpec
 from ..errors import UserError
 from ..fileio import atomic_write_bytes
 from ..predictor import LoadedModel, load_model
-from .benchmark import available_cpus
+from ..runtime import available_cpus
 from .distributed import free_port, init_group, shutdown, spawn
 from .evaluate import evaluate_split
 

@@ -17,6 +17,7 @@ from ..config import Config, config_from_dict, config_with_overrides, load_confi
 from ..data.coco import CocoInstances
 from ..data.datasets import SplitSpec, resolve_split
 from ..errors import UserError
+from ..runtime import check_process_count, resolve_device
 from . import run_dir as files
 from .distributed import under_torchrun
 from .state import read_train_state
@@ -74,16 +75,10 @@ class TrainPlan:
 def pick_device(name: str | None, gpus: int) -> tuple[str, str]:
     """(device type, single-process device) for --device and --gpus."""
     name = name or ("cuda" if torch.cuda.is_available() else "cpu")
-    kind = name.split(":")[0]
-    if kind not in ("cpu", "cuda"):
-        raise UserError(f"unsupported device '{name}'; use cpu, cuda or cuda:N")
-    if kind == "cuda":
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise UserError("--device cuda was asked for, but no CUDA GPU is available; use cpu")
-        if gpus > count and not under_torchrun():  # torchrun: gpus counts every node's GPUs
-            raise UserError(f"--gpus {gpus} but {count} GPU(s) are visible; use --gpus {count}")
-    return kind, name
+    device = resolve_device(name)
+    if not under_torchrun():  # under torchrun --gpus counts every node's processes
+        check_process_count(gpus, device.type)
+    return device.type, name
 
 
 def check_amp(amp: str, device_type: str) -> str:

@@ -37,12 +37,13 @@ class DeformConv3x3(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, C_out, H/stride, W/stride]."""
         offset = self.offset(x)
+        weight, bias = self.weight, self.bias  # bias: only set once BN is folded in
+        if x.device.type == "cpu":
+            # torchvision's CPU kernel has no bf16/fp16 version: under CPU autocast this one
+            # layer runs in fp32 (a no-op in fp32); the next layer casts back down.
+            x, offset, weight = x.float(), offset.float(), weight.float()
+            bias = None if bias is None else bias.float()
         return deform_conv2d(
-            x,
-            offset,
-            self.weight,
-            self.bias,  # bias: only set once BN is folded in
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
+            x, offset, weight, bias,
+            stride=self.stride, padding=self.padding, dilation=self.dilation,
         )

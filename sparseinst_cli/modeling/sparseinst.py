@@ -32,12 +32,15 @@ class SparseInst(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), False)
 
-    def with_backbone(self, backbone: nn.Module) -> SparseInst:
-        """A new network sharing this one's encoder and decoder (for inference rewrites)."""
+    def with_parts(
+        self, *, backbone: nn.Module | None = None, encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+    ) -> SparseInst:
+        """A new network with the given parts, sharing this one's others (inference rewrites)."""
         return SparseInst(
-            backbone=backbone,
-            encoder=self.encoder,
-            decoder=self.decoder,
+            backbone=self.backbone if backbone is None else backbone,
+            encoder=self.encoder if encoder is None else encoder,
+            decoder=self.decoder if decoder is None else decoder,
             pixel_mean=self.pixel_mean.flatten().tolist(),
             pixel_std=self.pixel_std.flatten().tolist(),
             size_divisibility=self.size_divisibility,
