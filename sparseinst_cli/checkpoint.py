@@ -12,6 +12,7 @@ import io
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,14 +89,22 @@ def official_to_internal(
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """torch.load with `weights_only=True` (never executes pickled code), with clear errors."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; --weights takes a checkpoint file, e.g. model.pth")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if not _looks_like_torch_save(path):
+        raise UserError(
+            f"{path} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle)"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
+        detail = next((line.strip() for line in str(exc).splitlines()
+                       if "Unsupported global" in line), "")
         raise UserError(
-            f"{path} holds objects that a weights-only load refuses to run ({first}); "
+            f"{path} holds Python objects that a safe (weights-only) load refuses to run"
+            f"{' (' + detail[:150] + ')' if detail else ''}; "
             "re-save it with torch.save({'model': model.state_dict()})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
@@ -107,6 +116,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"model": obj}  # a bare state dict
     raise UserError(f"{path} is not a SparseInst checkpoint (no 'model' state dict inside)")
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """torch.save writes a zip archive (since PyTorch 1.6) or, before, a pickle (0x80 first)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -22,6 +22,7 @@ from sparseinst_cli.engine.benchmark import (
     trust_warnings,
 )
 from sparseinst_cli.modeling.deform import DeformConv3x3
+from sparseinst_cli.modeling.fast_conv import NnpackConv3x3
 from sparseinst_cli.predictor import Predictor, load_model
 
 SIZE = 256  # small inputs keep the tests fast; the shipped image becomes 256 x 341
@@ -65,6 +66,10 @@ def test_gflops_of_a_convolution_and_a_deformable_one():
     assert count_gflops(DeformConv3x3(8, 4), x) > expected  # deform conv + its offset conv
     offset_conv = 2 * 18 * 16 * 16 * 8 * 9 / 1e9
     assert count_gflops(DeformConv3x3(8, 4), x) == pytest.approx(expected + offset_conv)
+    # The NNPACK (Winograd) path counts as the convolution it computes.
+    wide = nn.Conv2d(128, 64, 3, padding=1).eval()
+    x = torch.zeros(1, 128, 16, 16)
+    assert count_gflops(NnpackConv3x3(wide), x) == pytest.approx(count_gflops(wide, x))
 
 
 def test_shipped_image_exists():

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_support import TINY, assert_same_weights, make_dataset, train, weights
+from train_support import TINY, assert_same_weights, large_result, make_dataset, train, weights
+
+from sparseinst_cli.engine.distributed import spawn
 
 STEPS = ("solver.max_iter=3", "solver.eval_period=0", "solver.checkpoint_period=0")
 
@@ -40,3 +42,9 @@ def test_torchrun_runs_the_same_entry_point(data, single, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_weights(weights(single), weights(tmp_path / "tr" / "last.pth"), atol=1e-5)
+
+
+def test_spawn_returns_a_result_larger_than_a_pipe_buffer():
+    """Children block writing a large result until the parent reads it: no deadlock."""
+    size = 8 << 20
+    assert spawn(large_result, 2, (size,)) == bytes(size)

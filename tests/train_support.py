@@ -117,3 +117,8 @@ def assert_same_weights(a: dict, b: dict, *, atol: float = 1e-6) -> None:
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-5, msg=key)
+
+
+def large_result(rank: int, size: int) -> bytes:
+    """A worker for `spawn` whose result is far larger than a pipe's buffer."""
+    return bytes([rank]) * size

@@ -107,9 +107,10 @@ def _describe(exc: Exception) -> str:
         _fail(exc.format_message(), exc.exit_code)
     if isinstance(exc, typer.Abort):
         return "aborted"
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
-        return "out of memory; try a smaller --batch or --size"
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text:
+        return "out of memory; try a smaller --batch or --size (or fewer --workers)"
     if isinstance(exc, OSError) and exc.errno == 28:
         return f"no space left on device while writing {exc.filename or 'output'}; free disk space"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''} (run with --debug for the traceback)"
+    first = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {first[0] if first else ''} (run with --debug for the traceback)"

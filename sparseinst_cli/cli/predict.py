@@ -101,13 +101,18 @@ def predict(
     ) as progress:
         task = progress.add_task("predict", total=len(items))
         summary = run_predict(predictor, items, opts, lambda n: progress.advance(task, n))
-    _render_summary(summary, out)
+    done = summary.images + summary.frames
+    if done:
+        _render_summary(summary, out)
+    if len(summary.skipped) == 1:  # one line says it all
+        path, reason = summary.skipped[0]
+        rest = f"; the rest are in {out}" if done else ""
+        raise RunError(f"skipped {path}: {reason}{rest}")
     if summary.skipped:
         for path, reason in summary.skipped:
             info(f"[yellow]skipped[/] {path}: {reason}")
-        raise RunError(
-            f"{len(summary.skipped)} input(s) skipped (listed above); the rest are in {out}"
-        )
+        rest = f"the rest are in {out}" if done else "nothing was written"
+        raise RunError(f"{len(summary.skipped)} input(s) skipped (listed above); {rest}")
 
 
 def _render_summary(summary, out: Path) -> None:

@@ -117,16 +117,19 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _deform_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of torchvision's deform_conv2d: those of the equivalent convolution."""
+def _conv_like_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of ops that compute a convolution (input, weight, ... first): those of the conv."""
     return conv_flop_count(list(x_shape), list(w_shape), list(out_shape), transposed=False)
 
 
 def _custom_flop_formulas() -> dict:
+    # NNPACK's Winograd conv does fewer multiplications, but GFLOPs are those of the model.
+    formulas = {torch.ops.aten._nnpack_spatial_convolution: _conv_like_flop}
     try:
-        return {torch.ops.torchvision.deform_conv2d: _deform_conv_flop}
+        formulas[torch.ops.torchvision.deform_conv2d] = _conv_like_flop
     except (AttributeError, RuntimeError):  # torchvision ops not loaded
-        return {}
+        pass
+    return formulas
 
 
 @torch.inference_mode()

@@ -105,11 +105,11 @@ def spawn(worker: Callable[..., Any], nprocs: int, args: tuple[Any, ...]) -> Any
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # children handle Ctrl-C themselves
     old_term = signal.signal(signal.SIGTERM, forward)
     try:
-        _join_all(procs)
+        messages = _join_all(procs, queue)
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
-    return _collect(queue, procs)
+    return _collect(messages, procs)
 
 
 def _child(worker: Callable[..., Any], rank: int, args: tuple[Any, ...], queue: Any) -> None:
@@ -135,21 +135,25 @@ def _picklable(exc: BaseException) -> bool:
     return True
 
 
-def _join_all(procs: list[Any]) -> None:
-    """Wait for every process; once one fails, stop the rest (they would wait for it forever)."""
+def _join_all(procs: list[Any], queue: Any) -> list[tuple]:
+    """Wait for every process, reading their messages meanwhile (a child blocks in `put` until
+    a large result is read); once one fails, stop the rest (they would wait for it forever)."""
+    messages: list[tuple] = []
     while any(p.is_alive() for p in procs):
+        while not queue.empty():
+            messages.append(queue.get())
         for p in procs:
-            p.join(timeout=0.2)
+            p.join(timeout=0.05)
             if p.exitcode not in (None, 0):
                 for other in procs:
                     if other.is_alive():
                         other.terminate()
-
-
-def _collect(queue: Any, procs: list[Any]) -> Any:
-    messages = []
     while not queue.empty():
         messages.append(queue.get())
+    return messages
+
+
+def _collect(messages: list[tuple], procs: list[Any]) -> Any:
     errors = sorted((m for m in messages if m[0] == "error"), key=lambda m: m[1])
     if errors:
         raise errors[0][2]
