@@ -24,16 +24,14 @@ completions: install
 	for sh in bash zsh fish; do $(BIN)/sparseinst --show-completion $$sh > completions/sparseinst.$$sh; done
 	$(BIN)/sparseinst --show-completion powershell > completions/sparseinst.ps1
 
-# The demo (about 13 minutes on 2 CPU cores, install included): generate the demo dataset
+# The demo (12.5 minutes on 2 CPU cores, install included): generate the demo dataset
 # (datasets/demo), train models/demo.yaml on it for DEMO_MINUTES of training, evaluate it on the
 # val split (AP table printed, kept in runs/train/demo/metrics.jsonl), then draw its predictions
 # on a few val images into runs/train/demo/predict.
-# GOMP_SPINCOUNT: idle OpenMP threads soon sleep instead of spinning, so that anything else
-# running on a 2-core machine slows training by its share instead of several-fold.
 DEMO_MINUTES ?= 10
 .PHONY: demo
 demo: install
-	GOMP_SPINCOUNT=1000 $(BIN)/sparseinst train --config demo --data demo \
+	$(BIN)/sparseinst train --config demo --data demo \
 		--time $(DEMO_MINUTES) --name demo --exist-ok
 	$(BIN)/sparseinst predict datasets/demo/images/val/00000[1-6].jpg \
 		--weights runs/train/demo/best.pth --out runs/train/demo/predict

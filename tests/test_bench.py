@@ -169,3 +169,27 @@ def test_all_means_the_official_variants():
     names = official_variants()
     assert {"r50_giam", "r50vd_dcn_giam_aug", "pvt_b2_li_giam", "cspdarknet53_giam"} <= set(names)
     assert not any(n.startswith("demo") for n in names)
+
+
+def test_bench_runs_an_exported_onnx_model(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """ONNX Runtime as a bench backend: the same parameter and GFLOP counts as the .pth."""
+    exported = tmp_path / "tiny.onnx"
+    code, _, stderr = run_cli(["-q", "export", "-w", str(tiny_checkpoint), "--dynamic",
+                               "--out", str(exported)], monkeypatch, capsys)
+    assert code == 0, stderr
+    rows = {}
+    for weights in (tiny_checkpoint, exported):
+        out = tmp_path / f"{weights.stem}.json"
+        code, _, stderr = run_cli(
+            ["-q", "bench", "-w", str(weights), "--size", "128", "--warmup", "1", "--iters", "1",
+             "--threads", "1", "--json", str(out)], monkeypatch, capsys,
+        )
+        assert code == 0, stderr
+        (rows[weights.suffix],) = json.loads(out.read_text())["results"]
+    assert rows[".onnx"]["params"] == rows[".pth"]["params"]
+    assert rows[".onnx"]["gflops"] == pytest.approx(rows[".pth"]["gflops"])
+    assert rows[".onnx"]["input_hw"] == rows[".pth"]["input_hw"]
+    assert rows[".onnx"]["total_ms"]["median"] > 0
+    code, _, stderr = run_cli(["bench", "-w", str(exported), "--size", "128", "--dtype", "bf16"],
+                              monkeypatch, capsys)
+    assert code == 2 and "runs as exported (fp32)" in stderr

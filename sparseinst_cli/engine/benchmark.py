@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from ..errors import UserError
+from ..modeling import build_model
 from ..predictor import LoadedModel, Predictor
 from ..preprocess import ImageBatch
 from ..runtime import available_cpus
@@ -209,14 +211,24 @@ def benchmark(
 
     The image is resized once (not timed) and repeated `settings.batch` times.
     """
+    exported = not isinstance(loaded.model, torch.nn.Module)  # an ONNX Runtime session
+    if exported and settings.dtype != "fp32":
+        raise UserError(f"{variant}: an exported .onnx model runs as exported (fp32); "
+                        "use --dtype fp32, or the .pth checkpoint for bf16/fp16")
     threads = settings.threads or available_cpus()
     torch.set_num_threads(threads)
+    # Parameters and GFLOPs are the architecture's: an exported model's are counted on the
+    # network its config builds.
+    network = build_model(loaded.config.model).eval() if exported else loaded.model
     predictor = Predictor(
         None, loaded=loaded, device=settings.device, dtype=settings.dtype,
         min_size=size, max_size=settings.max_size,
     )
     batch = predictor.prepare([image] * settings.batch)
-    gflops = count_gflops(predictor.model, batch.images[:1].to(predictor.device))
+    if exported:
+        gflops = count_gflops(network, batch.images[:1])
+    else:
+        gflops = count_gflops(predictor.model, batch.images[:1].to(predictor.device))
     model_s, post_s, dets = time_steps(
         predictor, batch, warmup=settings.warmup, iters=settings.iters, on_progress=on_progress
     )
@@ -231,7 +243,7 @@ def benchmark(
         threads=threads,
         warmup=settings.warmup,
         iters=settings.iters,
-        params=count_params(loaded.model),  # as built; inference folding adds conv biases
+        params=count_params(network),  # as built; inference folding adds conv biases
         gflops=gflops,
         model_ms=Stats.of(model_s),
         post_ms=Stats.of(post_s),
