@@ -115,7 +115,7 @@ def test_finetune_from_official_80_class_checkpoint(data, tmp_path, r50_giam_off
 
 def test_user_mistakes_are_one_line_errors(data, tmp_path):
     with pytest.raises(UserError, match="split evenly"):
-        train(data, tmp_path, gpus=3, batch=4)
+        train(data, tmp_path, gpus=2, batch=3)
     with pytest.raises(UserError, match="either --iters or --time"):
         train(data, tmp_path, iters=3, time_minutes=1.0)
     with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import zoo_names
+from ..config import load_config, zoo_names
 from ..errors import UserError
 
 
@@ -41,6 +41,8 @@ def model_specs(
     for w in weights:
         if not w.is_file():
             raise UserError(f"--weights {w}: no such file; give the path of a .pth checkpoint")
+    for c in dict.fromkeys(configs):
+        load_config(c)  # an unknown zoo name or a broken YAML fails here, before any work
     if not weights:
         pairs = [(None, c) for c in configs]
     elif not configs:
