@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .capture import capturing_graph
+
 # Relative difference to direct convolution above which a layer is left to oneDNN.
 MAX_RELATIVE_ERROR = 1e-4
 
@@ -75,10 +77,7 @@ class NnpackConv3x3(nn.Module):
             and x.dtype == torch.float32
             and self.weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting()
-            and not torch.compiler.is_compiling()
-            and not torch.onnx.is_in_onnx_export()
+            and not capturing_graph()
         )
 
 
