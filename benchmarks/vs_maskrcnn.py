@@ -80,7 +80,7 @@ def maskrcnn_runner(image):
     model = torchvision.models.detection.maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, min_size=640, max_size=853
     ).eval()
-    tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    tensor = torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255
 
     @torch.inference_mode()
     def run():

@@ -113,11 +113,11 @@ class Predictor:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         model = self.loaded.model.to(self.device)
-        # Folded BN, channels-last and (fp32 on a CPU) Winograd 3x3 convs give the same outputs
-        # (checked) in less time.
+        # Folded BN, channels-last, (fp32 on a CPU) Winograd 3x3 convs and (reduced precision)
+        # weights stored in the autocast dtype give the same outputs (checked) in less time.
         if optimize and isinstance(model, SparseInst):
             nnpack = self.device.type == "cpu" and self.dtype == torch.float32
-            model = optimize_for_inference(model, nnpack=nnpack)
+            model = optimize_for_inference(model, nnpack=nnpack, autocast_dtype=self.dtype)
         self.model = model.eval()
         self.min_size = min_size or cfg.input.min_size_test
         self.max_size = max_size or cfg.input.max_size_test

@@ -114,3 +114,21 @@ def test_nnpack_swaps_only_what_it_supports():
     swapped = use_nnpack_convs(net, max_channels=384)
     assert swapped == (1 if nnpack_available() else 0)
     assert [type(m) is torch.nn.Conv2d for m in net] == [swapped == 0, *[True] * 5]
+
+
+def test_weights_stored_in_the_autocast_dtype_give_the_same_outputs():
+    cfg = load_config(LAYOUT_TO_ZOO["r50_giam"])
+    model = build_model(cfg.model).eval()
+    load_weights(model, {"model": official_state_dict("r50_giam")},
+                 layout=cfg.model.checkpoint_layout)
+    images = (torch.rand(1, 3, 128, 160) * 255).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        cast_each_time = optimize_for_inference(model)
+        stored = optimize_for_inference(model, autocast_dtype=torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want, got = cast_each_time(images), stored(images)
+    convs = [m for m in stored.modules() if type(m) is torch.nn.Conv2d]
+    assert convs and all(c.weight.dtype == torch.bfloat16 for c in convs)
+    assert model.decoder.inst_branch.inst_convs[0].weight.dtype == torch.float32  # untouched
+    for key in want:
+        assert torch.equal(got[key], want[key]), key

