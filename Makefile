@@ -17,7 +17,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check sparseinst_cli tests
+	$(BIN)/ruff check sparseinst_cli tests benchmarks
 
 # Regenerate the shell completion scripts from the app (tests/test_cli.py checks they are current).
 completions: install

@@ -21,9 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+# isort: off
 import sparseinst_cli  # noqa: F401 - first: sets GOMP_SPINCOUNT before torch loads, for both models
 import torch
 import torchvision
+# isort: on
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "data"))
