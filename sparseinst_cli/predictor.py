@@ -19,7 +19,7 @@ from .modeling.inference import optimize_for_inference
 from .onnx_backend import is_onnx_file, load_onnx_model
 from .postprocess import Instances, postprocess
 from .preprocess import ImageBatch, prepare_images
-from .runtime import autocast_context, resolve_device, resolve_dtype
+from .runtime import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
 
 
 @dataclass
@@ -113,6 +113,8 @@ class Predictor:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         model = self.loaded.model.to(self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults on the activations of every image
         # Folded BN, channels-last, (fp32 on a CPU) Winograd 3x3 convs and (reduced precision)
         # weights stored in the autocast dtype give the same outputs (checked) in less time.
         if optimize and isinstance(model, SparseInst):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import os
 
 import torch
@@ -36,6 +39,32 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+# glibc's mallopt() parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling on 64-bit systems
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed blocks of up to 32 MB for reuse instead of returning them to the OS.
+
+    By default it hands large freed blocks back and faults them in again, zeroed, on the next
+    allocation: about 34,000 page faults (~40 ms, 5%) per R-50 G-IAM forward pass at 640 on a
+    CPU. Kept, repeated inference runs without page faults; the price is that the process keeps
+    its peak memory. Once per process; False where there is no glibc (macOS, Windows, musl).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # The trim threshold must be an int: 2 GB of free heap top is kept before trimming.
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    )
 
 
 def check_process_count(gpus: int, device_type: str) -> None:
