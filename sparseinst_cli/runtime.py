@@ -51,7 +51,7 @@ def keep_freed_memory() -> bool:
     """Make glibc keep freed blocks of up to 32 MB for reuse instead of returning them to the OS.
 
     By default it hands large freed blocks back and faults them in again, zeroed, on the next
-    allocation: about 34,000 page faults (~40 ms, 5%) per R-50 G-IAM forward pass at 640 on a
+    allocation: about 34,000 page faults (~60 ms, 8%) per R-50 G-IAM forward pass at 640 on a
     CPU. Kept, repeated inference runs without page faults; the price is that the process keeps
     its peak memory. Once per process; False where there is no glibc (macOS, Windows, musl).
     """
