@@ -24,7 +24,7 @@ completions: install
 	for sh in bash zsh fish; do $(BIN)/sparseinst --show-completion $$sh > completions/sparseinst.$$sh; done
 	$(BIN)/sparseinst --show-completion powershell > completions/sparseinst.ps1
 
-# The demo (12.5 minutes on 2 CPU cores, install included): generate the demo dataset
+# The demo (11-13 minutes on 2 CPU cores, install included): generate the demo dataset
 # (datasets/demo), train models/demo.yaml on it for DEMO_MINUTES of training, evaluate it on the
 # val split (AP table printed, kept in runs/train/demo/metrics.jsonl), then draw its predictions
 # on a few val images into runs/train/demo/predict.
