@@ -66,12 +66,11 @@ def optimize_for_inference(
     return model.with_parts(backbone=backbone, encoder=encoder, decoder=decoder).eval()
 
 
-def store_autocast_weights(module: nn.Module, dtype: torch.dtype) -> int:
+def store_autocast_weights(module: nn.Module, dtype: torch.dtype) -> None:
     """Store the parameters of `nn.Conv2d` and `nn.Linear` layers in `dtype`: autocast runs these
     layers in `dtype` anyway, and rounds fp32 weights the same way, so the outputs are unchanged
     while each forward pass saves the casts (about 4% of R-50 G-IAM in bf16 on a CPU). Other
-    layers (norms, deformable convs) keep fp32 parameters. Returns the number of layers cast."""
-    layers = [m for m in module.modules() if type(m) in (nn.Conv2d, nn.Linear)]
-    for layer in layers:
-        layer.to(dtype)
-    return len(layers)
+    layers (norms, deformable convs) keep fp32 parameters."""
+    for layer in module.modules():
+        if type(layer) in (nn.Conv2d, nn.Linear):  # exactly: subclasses may use their weights
+            layer.to(dtype)  # outside autocast-aware ops
