@@ -115,11 +115,14 @@ class Predictor:
         model = self.loaded.model.to(self.device)
         if self.device.type == "cpu":
             keep_freed_memory()  # no page faults on the activations of every image
-        # Folded BN, channels-last, (fp32 on a CPU) Winograd 3x3 convs and (reduced precision)
+        # Folded BN, channels-last, (on a CPU) Winograd 3x3 convs and (reduced precision)
         # weights stored in the autocast dtype give the same outputs (checked) in less time.
         if optimize and isinstance(model, SparseInst):
-            nnpack = self.device.type == "cpu" and self.dtype == torch.float32
-            model = optimize_for_inference(model, nnpack=nnpack, autocast_dtype=self.dtype)
+            cpu = self.device.type == "cpu"
+            model = optimize_for_inference(
+                model, nnpack=cpu and self.dtype == torch.float32, winograd=cpu,
+                autocast_dtype=self.dtype,
+            )
         self.model = model.eval()
         self.min_size = min_size or cfg.input.min_size_test
         self.max_size = max_size or cfg.input.max_size_test

@@ -12,9 +12,10 @@ from sparseinst_cli.modeling import build_model
 from sparseinst_cli.modeling.fast_conv import NnpackConv3x3, nnpack_available, use_nnpack_convs
 from sparseinst_cli.modeling.fuse import fold_bn_unchecked
 from sparseinst_cli.modeling.inference import optimize_for_inference
+from sparseinst_cli.modeling.winograd import WinogradConv3x3
 
 
-@pytest.mark.parametrize("nnpack", [False, True], ids=["onednn", "nnpack"])
+@pytest.mark.parametrize("nnpack", [False, True], ids=["onednn", "nnpack+winograd"])
 @pytest.mark.parametrize(
     ("layout", "expected_folds"),
     [("r50_giam", 53), ("r50vd_dcn_giam", 55), ("cspdarknet53_giam", 67), ("pvt_b1_giam", 0)],
@@ -27,11 +28,14 @@ def test_optimized_model_matches(layout, expected_folds, nnpack, monkeypatch):
     images = torch.rand(1, 3, 160, 224) * 255
     with torch.no_grad():
         reference = model(images)
-        fast = optimize_for_inference(model, nnpack=nnpack)
+        fast = optimize_for_inference(model, nnpack=nnpack, winograd=nnpack)  # as on a CPU
         out = fast(images.contiguous(memory_format=torch.channels_last))
         again = model(images)  # the original network is left as it was
     swapped = sum(isinstance(m, NnpackConv3x3) for m in fast.modules())
     assert (swapped >= 9) == (nnpack and nnpack_available())  # 9: encoder + decoder of R-50
+    winograd = sum(isinstance(m, WinogradConv3x3) for m in fast.modules())
+    wide = {"r50_giam": 2, "cspdarknet53_giam": 4}.get(layout, 0)  # 3x3 convs of 512+ channels
+    assert winograd == (wide if nnpack else 0)
     for key in reference:
         assert torch.allclose(out[key], reference[key], atol=1e-4), key
         assert torch.equal(again[key], reference[key]), key
