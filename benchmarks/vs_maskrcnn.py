@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 # isort: off
-import sparseinst_cli  # noqa: F401 - first: sets GOMP_SPINCOUNT before torch loads, for both models
+import sparseinst_cli  # noqa: F401 - first: sets GOMP_SPINCOUNT before torch loads (both models)
 import torch
 import torchvision
 # isort: on
@@ -109,7 +109,7 @@ def main() -> None:
     ratios = [a / b for a, b in zip(ours_t, theirs_t)]
     print(
         f"torch {torch.__version__}, {args.threads} threads, "
-        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, "
+        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset (libgomp default)')}, "
         f"image {image.shape[1]}x{image.shape[0]} -> padded {padded[1]}x{padded[0]}, "
         f"{args.iters} interleaved runs after {args.warmup} warm-up"
     )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import sys
 
-# libgomp's idle threads spin for milliseconds after every parallel op, taking the cores from
-# NNPACK's threads (fast 3x3 convs), from data-loading workers and from anything else running;
-# a short spin costs oneDNN nothing measurable. It only acts when set before torch loads, which
-# importing sparseinst_cli first (as the `sparseinst` command does) ensures; yours wins.
-os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+from .openmp_env import set_spin_count
+
+# Only acts before torch loads, which importing sparseinst_cli first (as the `sparseinst` command
+# does) ensures.
+set_spin_count(sys.argv)
 
 __version__ = "0.1.0"
 

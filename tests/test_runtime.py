@@ -1,12 +1,14 @@
-"""Process-level runtime settings: freed memory kept for reuse (glibc)."""
+"""Process-level runtime settings: freed memory kept for reuse (glibc), OpenMP spin count."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
+from sparseinst_cli.openmp_env import asks_for_reduced_precision
 from sparseinst_cli.runtime import keep_freed_memory
 
 # The demo model predicts one 640x960 image six times in a fresh process; prints the page faults
@@ -42,3 +44,38 @@ def test_predictor_reuses_freed_memory_without_page_faults():
     default, kept = _page_faults("default"), _page_faults("keep")
     assert default > 20_000  # ~13,000 per image on this model and size
     assert kept < default / 20
+
+
+@pytest.mark.parametrize(
+    ("argv", "reduced"),
+    [
+        (["sparseinst", "bench", "--dtype", "bf16"], True),
+        (["sparseinst", "eval", "--dtype=fp16"], True),
+        (["sparseinst", "bench", "--dtype", "fp32"], False),
+        (["sparseinst", "predict", "bf16"], False),  # a file named bf16, not the option
+        (["sparseinst", "bench", "--dtype"], False),
+    ],
+)
+def test_reduced_precision_is_read_off_the_command_line(argv, reduced):
+    assert asks_for_reduced_precision(argv) == reduced
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ([], {}, "1000"),  # short spins: NNPACK's threads keep the cores
+        (["--dtype", "bf16"], {}, "unset"),  # libgomp's default: no wake-up per oneDNN op
+        (["--dtype", "bf16"], {"GOMP_SPINCOUNT": "5"}, "5"),  # the user's setting wins
+    ],
+)
+def test_spin_count_is_set_before_torch_loads(args, env, expected):
+    code = (
+        "import os, sys; import sparseinst_cli; assert 'torch' not in sys.modules; "
+        "print(os.environ.get('GOMP_SPINCOUNT', 'unset'))"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], env={**clean, **env},
+        capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip() == expected

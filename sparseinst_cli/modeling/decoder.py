@@ -155,7 +155,9 @@ class IAMDecoder(nn.Module):
         out = self.inst_branch(features)
         mask_features = self.mask_branch(features)
         masks = torch.bmm(out.pop("pred_kernels"), mask_features.flatten(2))
-        masks = masks.unflatten(2, mask_features.shape[-2:])
+        # In fp32 even under autocast: post-processing and the losses read fp32, and a CPU
+        # resizes bf16 at half the speed (100 masks at 1/8 of 640: 5 -> 2.5 ms with the cast).
+        masks = masks.unflatten(2, mask_features.shape[-2:]).float()
         out["pred_masks"] = F.interpolate(
             masks, scale_factor=self.scale_factor, mode="bilinear", align_corners=False
         )
