@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sparseinst_cli.openmp_env import asks_for_reduced_precision
+from sparseinst_cli.openmp_env import only_reduced_precision
 from sparseinst_cli.runtime import keep_freed_memory
 
 # The demo model predicts one 640x960 image six times in a fresh process; prints the page faults
@@ -52,12 +52,13 @@ def test_predictor_reuses_freed_memory_without_page_faults():
         (["sparseinst", "bench", "--dtype", "bf16"], True),
         (["sparseinst", "eval", "--dtype=fp16"], True),
         (["sparseinst", "bench", "--dtype", "fp32"], False),
+        (["sparseinst", "bench", "--dtype", "fp32", "--dtype", "bf16"], False),  # mixed
         (["sparseinst", "predict", "bf16"], False),  # a file named bf16, not the option
         (["sparseinst", "bench", "--dtype"], False),
     ],
 )
 def test_reduced_precision_is_read_off_the_command_line(argv, reduced):
-    assert asks_for_reduced_precision(argv) == reduced
+    assert only_reduced_precision(argv) == reduced
 
 
 @pytest.mark.parametrize(
