@@ -8,6 +8,7 @@ numbers, a fraction of the work.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +36,7 @@ def instance_scores(
 
 def mask_quality(mask_probs: torch.Tensor, mask_threshold: float) -> torch.Tensor:
     """[n, h, w] probabilities -> [n]: mean probability inside the thresholded mask."""
-    inside = (mask_probs > mask_threshold).to(mask_probs.dtype)
+    inside = mask_probs > mask_threshold  # bool: no float copy of the masks
     return (mask_probs * inside).sum((1, 2)) / (inside.sum((1, 2)) + 1e-6)
 
 
@@ -87,16 +88,26 @@ def resize_masks_thresholded(
     both products run band by band instead of over the whole matrices.
     """
     dev, dtype = mask_probs.device, mask_probs.dtype
-    rows = resize_matrix(mask_probs.shape[-2], padded_hw[0], image_hw[0], orig_hw[0], dev).to(dtype)
-    cols = resize_matrix(mask_probs.shape[-1], padded_hw[1], image_hw[1], orig_hw[1], dev).to(dtype)
-    n, low_h = mask_probs.shape[:2]
+    n, low_h, low_w = mask_probs.shape
+    rows, row_bands = _banded_resize(low_h, padded_hw[0], image_hw[0], orig_hw[0], dev, dtype)
+    cols, col_bands = _banded_resize(low_w, padded_hw[1], image_hw[1], orig_hw[1], dev, dtype)
     wide = torch.empty((n, low_h, orig_hw[1]), dtype=dtype, device=dev)  # [n, h/4, W]
-    for c0, c1, k0, k1 in _row_bands(cols):
+    for c0, c1, k0, k1 in col_bands:
         wide[:, :, c0:c1] = mask_probs[:, :, k0:k1] @ cols[c0:c1, k0:k1].T
     out = torch.empty((n, orig_hw[0], orig_hw[1]), dtype=torch.bool, device=dev)
-    for r0, r1, k0, k1 in _row_bands(rows):
+    for r0, r1, k0, k1 in row_bands:
         torch.gt(rows[r0:r1, k0:k1] @ wide[:, k0:k1], threshold, out=out[:, r0:r1])
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _banded_resize(
+    low: int, padded: int, valid: int, orig: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
+    """`resize_matrix` and its row bands, built once per size (4-5 ms a call on a CPU; a video or
+    a dataset repeats a few sizes). Read-only: callers must not write to the matrix."""
+    mat = resize_matrix(low, padded, valid, orig, device).to(dtype)
+    return mat, _row_bands(mat)
 
 
 def postprocess_image(

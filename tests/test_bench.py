@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +197,20 @@ def test_bench_runs_an_exported_onnx_model(tiny_checkpoint, tmp_path, monkeypatc
     code, _, stderr = run_cli(["bench", "-w", str(exported), "--size", "128", "--dtype", "bf16"],
                               monkeypatch, capsys)
     assert code == 2 and "runs as exported (fp32)" in stderr
+
+
+def test_maskrcnn_comparison_script_runs_both_workers_and_prints_the_ratio():
+    """benchmarks/vs_maskrcnn.py: two worker processes, each with its own OpenMP settings."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "vs_maskrcnn.py"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    out = subprocess.run(
+        [sys.executable, str(script), "--warmup", "0", "--iters", "1", "--dtype", "bf16",
+         "--size", "320"],
+        capture_output=True, text=True, env=env, timeout=600, check=True,
+    ).stdout
+    assert "padded to 480x320" in out  # 500x333 resized to a 320 short side, padded to 32
+    assert "GOMP_SPINCOUNT: ours default, Mask R-CNN default" in out  # bf16 only: long spins
+    ours = float(re.search(r"G-IAM \(bf16\): median ([\d.]+) ms", out)[1])
+    theirs = float(re.search(r"Mask R-CNN R-50-FPN \(fp32\): +median ([\d.]+) ms", out)[1])
+    ratio = float(re.search(r"median of pairs ([\d.]+)", out)[1])
+    assert ratio == pytest.approx(ours / theirs, abs=1e-3)
