@@ -105,9 +105,11 @@ def test_bf16_network_with_winograd_stays_close_to_fp32():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             direct, got = plain(images), fast(images)
     swapped = [m for m in fast.modules() if isinstance(m, WinogradConv3x3)]
-    # R-50's stride-1 3x3 convs of res3-res5 (3 + 5 + 2), encoder outputs (3), decoder (2 x 4)
-    assert len(swapped) == 21
-    assert sum(m.relu for m in swapped) == 8  # the decoder's conv + ReLU pairs
+    # R-50's stride-1 3x3 convs of res3-res5 (3 + 5 + 2), encoder outputs (3), decoder (the
+    # branches' first convs merged into one, then 3 + 3)
+    assert len(swapped) == 20
+    assert isinstance(fast.decoder.first_convs.layers[0], WinogradConv3x3)
+    assert sum(m.relu for m in swapped) == 7  # the decoder's conv + ReLU pairs
     for key in ("pred_logits", "pred_scores", "pred_masks"):
         want = reference[key].sigmoid()
         direct_error = (direct[key].float().sigmoid() - want).abs().max()

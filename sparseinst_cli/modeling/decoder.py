@@ -135,6 +135,8 @@ class IAMDecoder(nn.Module):
     ):
         super().__init__()
         self.scale_factor = scale_factor
+        # Set by `share_first_convs` for inference only: both branches' first conv in one layer.
+        self.first_convs: nn.Module | None = None
         self.inst_branch = InstanceBranch(
             in_channels=in_channels + 2,
             num_classes=num_classes,
@@ -152,8 +154,11 @@ class IAMDecoder(nn.Module):
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns pred_logits [B,N,K], pred_scores [B,N,1], pred_masks [B,N,H/4,W/4]."""
         features = torch.cat([coordinate_features(features), features], dim=1)
-        out = self.inst_branch(features)
-        mask_features = self.mask_branch(features)
+        inst_input = mask_input = features
+        if self.first_convs is not None:
+            inst_input, mask_input = self.first_convs(features)
+        out = self.inst_branch(inst_input)
+        mask_features = self.mask_branch(mask_input)
         masks = torch.bmm(out.pop("pred_kernels"), mask_features.flatten(2))
         # In fp32 even under autocast: post-processing and the losses read fp32, and a CPU
         # resizes bf16 at half the speed (100 masks at 1/8 of 640: 5 -> 2.5 ms with the cast).
@@ -162,3 +167,50 @@ class IAMDecoder(nn.Module):
             masks, scale_factor=self.scale_factor, mode="bilinear", align_corners=False
         )
         return out
+
+
+class SplitOutput(nn.Module):
+    """Runs `layers` and splits the output channels at `split`: (first part, second part)."""
+
+    def __init__(self, layers: nn.Module, split: int):
+        super().__init__()
+        self.layers, self.split = layers, split
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.layers(x)
+        return y[:, : self.split], y[:, self.split :]
+
+
+@torch.no_grad()
+def share_first_convs(decoder: IAMDecoder) -> bool:
+    """Merge the first conv + ReLU of both branches, which read the same input, into one conv
+    with both sets of filters (in place; inference only): one wider layer instead of two runs
+    faster (NNPACK fp32: 42 -> 33 ms for R-50 G-IAM at 640; Winograd transforms the input once).
+    Returns whether it merged."""
+    inst, mask = decoder.inst_branch.inst_convs, decoder.mask_branch.mask_convs
+    if decoder.first_convs is not None or len(inst) < 2 or len(mask) < 2:
+        return False
+    a, b = inst[0], mask[0]
+    if not (_plain_3x3(a) and _plain_3x3(b) and a.in_channels == b.in_channels):
+        return False
+    if not (type(inst[1]) is nn.ReLU and type(mask[1]) is nn.ReLU):
+        return False
+    merged = nn.Conv2d(a.in_channels, a.out_channels + b.out_channels, 3, padding=1)
+    merged.to(a.weight.device, a.weight.dtype)
+    merged.weight.copy_(torch.cat([a.weight, b.weight]))
+    merged.bias.copy_(torch.cat([a.bias, b.bias]))
+    decoder.first_convs = SplitOutput(nn.Sequential(merged, nn.ReLU(inplace=True)), a.out_channels)
+    inst[0] = inst[1] = mask[0] = mask[1] = nn.Identity()
+    return True
+
+
+def _plain_3x3(conv: nn.Module) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (3, 3)
+        and conv.padding == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.bias is not None
+    )

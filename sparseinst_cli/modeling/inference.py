@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from .decoder import IAMDecoder, share_first_convs
 from .encoder import InstanceContextEncoder
 from .fast_conv import openmp_spins_briefly, use_nnpack_convs
 from .fuse import fold_frozen_bn
@@ -45,6 +46,7 @@ def optimize_for_inference(
     memory (oneDNN's fastest), and with `nnpack` (fp32 on a CPU) the wide 3x3 convs through
     NNPACK's Winograd kernels (each layer checked against direct convolution): those of the
     encoder and decoder, and the backbone's 128-256-channel ones where OpenMP spins briefly.
+    With either, the decoder's two branches start with one merged conv (`share_first_convs`).
     With `winograd` (a CPU), 3x3 convs go through Winograd F(2x2, 3x3) where it beats the other
     kernels (each layer checked against direct convolution): those 128+ channels wide in bf16,
     the 512+-channel ones in fp32.
@@ -60,6 +62,8 @@ def optimize_for_inference(
     if backbone is model.backbone:  # nothing folded (no frozen BN): still rewritten below
         backbone = copy.deepcopy(backbone)
     encoder, decoder = copy.deepcopy(model.encoder), copy.deepcopy(model.decoder)
+    if (nnpack or winograd) and isinstance(decoder, IAMDecoder):
+        share_first_convs(decoder)  # one wide 3x3 conv where both branches start
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     if nnpack and use_nnpack_convs(encoder) + use_nnpack_convs(decoder):
