@@ -36,6 +36,7 @@ def test_optimized_model_matches(layout, expected_folds, nnpack, monkeypatch):
     winograd = sum(isinstance(m, WinogradConv3x3) for m in fast.modules())
     wide = {"r50_giam": 2, "cspdarknet53_giam": 4}.get(layout, 0)  # 3x3 convs of 512+ channels
     assert winograd == (wide if nnpack else 0)
+    assert (fast.decoder.first_convs is not None) == nnpack  # both branches' first convs merged
     for key in reference:
         assert torch.allclose(out[key], reference[key], atol=1e-4), key
         assert torch.equal(again[key], reference[key]), key
