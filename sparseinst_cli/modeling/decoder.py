@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import UserError
 from .init import c2_msra_fill, c2_xavier_fill
+from .layers import is_plain_3x3
 
 DECODER_KINDS = ("iam", "giam", "giam_softmax")
 
@@ -191,9 +192,11 @@ def share_first_convs(decoder: IAMDecoder) -> bool:
     if decoder.first_convs is not None or len(inst) < 2 or len(mask) < 2:
         return False
     a, b = inst[0], mask[0]
-    if not (_plain_3x3(a) and _plain_3x3(b) and a.in_channels == b.in_channels):
+    if not (is_plain_3x3(a) and is_plain_3x3(b) and a.in_channels == b.in_channels):
         return False
     if not (type(inst[1]) is nn.ReLU and type(mask[1]) is nn.ReLU):
+        return False
+    if a.bias is None or b.bias is None:
         return False
     merged = nn.Conv2d(a.in_channels, a.out_channels + b.out_channels, 3, padding=1)
     merged.to(a.weight.device, a.weight.dtype)
@@ -202,15 +205,3 @@ def share_first_convs(decoder: IAMDecoder) -> bool:
     decoder.first_convs = SplitOutput(nn.Sequential(merged, nn.ReLU(inplace=True)), a.out_channels)
     inst[0] = inst[1] = mask[0] = mask[1] = nn.Identity()
     return True
-
-
-def _plain_3x3(conv: nn.Module) -> bool:
-    return (
-        type(conv) is nn.Conv2d
-        and conv.kernel_size == (3, 3)
-        and conv.padding == (1, 1)
-        and conv.stride == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and conv.bias is not None
-    )

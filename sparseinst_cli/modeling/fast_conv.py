@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .capture import capturing_graph
+from .layers import is_stride1_3x3
 
 # Relative difference to direct convolution above which a layer is left to oneDNN.
 MAX_RELATIVE_ERROR = 1e-4
@@ -83,12 +84,7 @@ class NnpackConv3x3(nn.Module):
 
 def eligible(conv: nn.Module, min_channels: int, max_channels: int) -> bool:
     return (
-        type(conv) is nn.Conv2d
-        and conv.kernel_size == (3, 3)
-        and conv.stride == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
+        is_stride1_3x3(conv)
         and min_channels <= conv.in_channels <= max_channels
         and conv.in_channels // conv.groups >= 32  # grouped: one NNPACK call per group
         and conv.weight.device.type == "cpu"

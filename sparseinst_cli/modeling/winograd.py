@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .capture import capturing_graph
+from .layers import is_plain_3x3
 
 # F(2x2, 3x3) of Lavin & Gray (2016): input transform B^T, kernel transform G, output A^T.
 KERNEL_TRANSFORM = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -122,13 +123,7 @@ class WinogradConv3x3(nn.Module):
 
 def eligible(conv: nn.Module, min_channels: int) -> bool:
     return (
-        type(conv) is nn.Conv2d
-        and conv.kernel_size == (3, 3)
-        and conv.stride == (1, 1)
-        and conv.padding == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
+        is_plain_3x3(conv)
         and min(conv.in_channels, conv.out_channels) >= min_channels  # not e.g. DCN offsets
         and conv.weight.device.type == "cpu"
     )
