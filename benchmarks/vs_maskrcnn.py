@@ -163,7 +163,7 @@ def main() -> None:
         (sparseinst_worker if args.worker == "sparseinst" else maskrcnn_worker)(args)
         return
 
-    # Each worker has built its model and run once when it says ready: start-ups do not overlap.
+    # Each worker has built its model when it says ready, so the start-ups do not overlap.
     ours = Worker("sparseinst", args, dict(os.environ))
     theirs = Worker("maskrcnn", args, dict(os.environ))
     try:
