@@ -14,6 +14,8 @@ Every swapped layer is checked against `F.conv2d` on a random input; graphs bein
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,8 +57,10 @@ def _input_tiles(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int
     return v.view(16, n * hh * ww, c), hh, ww
 
 
+@functools.lru_cache(maxsize=8)
 def _output_transform(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A^T m A for all four outputs of a tile as one [4, 16] matrix (row p*2+q, column i*4+j)."""
+    """A^T m A for all four outputs of a tile as one [4, 16] matrix (row p*2+q, column i*4+j);
+    built once per dtype and device (every layer of every image uses it). Read-only."""
     a_t = torch.tensor(OUTPUT_TRANSFORM, dtype=dtype, device=device)
     return torch.kron(a_t, a_t)
 
