@@ -1,15 +1,24 @@
-"""One process's run: build, resume, iterate, checkpoint, roll back, evaluate, finish."""
+"""One process's training run: build, resume, iterate, checkpoint, roll back, evaluate, finish.
+
+Owns the loop (`TrainLoop`) and its state between iterations (`LoopState`, saved in last.pth):
+the non-finite-loss and rollback limits, the --time budget decision and the training data.
+Each iteration is one `step.Stepper.step`.
+"""
 from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import Config, config_from_dict, save_config
-from ..data.coco import CocoInstances
+from ..data.coco import CocoInstances, CocoTrainDataset
+from ..data.loader import build_train_loader
+from ..data.transforms import TransformConfig
+from ..errors import RunError
 from ..modeling import build_model
 from ..predictor import LoadedModel, Predictor
 from . import run_dir as files
@@ -19,28 +28,33 @@ from .evaluate import evaluate_split
 from .metrics import MetricsLog, WindowAverages, plot_metrics
 from .plan import TrainPlan
 from .schedule import TimeBudget
+from .signals import StopSignals, signals_ignored
 from .state import (
     TRAIN_STATE,
     Labels,
-    StopSignals,
     capture_rng,
     read_train_state,
     restore_rng,
     save_train_state,
     save_weights,
-    signals_ignored,
 )
-from .trainer import (
-    NONFINITE_LIMIT,
-    LoopState,
-    Stepper,
-    budget_decision,
-    build_train_data,
-    check_rollbacks,
-)
+from .step import Stepper
 from .weights import load_backbone_weights, load_finetune_weights, skipped_rows
 
 LOG_PERIOD = 20
+NONFINITE_LIMIT = 3  # non-finite losses in a row before a rollback
+MAX_ROLLBACKS = 5
+
+
+@dataclass
+class LoopState:
+    """Counters the loop carries between iterations (and into last.pth)."""
+
+    iteration: int = 0
+    nonfinite: int = 0
+    rollbacks: int = 0
+    best_ap: float | None = None
+    budget_left: float | None = None  # seconds, while a --time budget is not measured yet
 
 
 class TrainLoop:
@@ -300,4 +314,39 @@ class TrainLoop:
             world_size=self.ctx.world_size, device=self.ctx.device,
             batch_size=self.cfg.solver.batch_size, num_classes=self.cfg.model.num_classes,
             train_images=len(self.source), val_images=self.plan.val_images, amp=self.cfg.solver.amp,
+        )
+
+
+def transform_of(cfg: Config) -> TransformConfig:
+    i = cfg.input
+    return TransformConfig(
+        min_sizes=tuple(i.min_size_train), max_size=i.max_size_train, flip_prob=i.flip_prob,
+        crop_enabled=i.crop_enabled, crop_size=tuple(i.crop_size), crop_prob=i.crop_prob,
+        crop_resize_sizes=tuple(i.crop_resize_sizes),
+    )
+
+
+def build_train_data(cfg: Config, source: CocoInstances, ctx: DistContext, *, workers: int,
+                     start_iter: int):
+    """This process's endless loader of (images, targets), starting at `start_iter`."""
+    dataset = CocoTrainDataset(source, transform=transform_of(cfg), seed=cfg.seed)
+    return build_train_loader(
+        dataset, batch_size=cfg.solver.batch_size // ctx.world_size, num_workers=workers,
+        seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, start_iter=start_iter,
+        pin_memory=ctx.device.startswith("cuda"),
+    )
+
+
+def budget_decision(budget: TimeBudget | None, ctx: DistContext, iteration: int) -> int:
+    """Rank 0's iteration count once its --time measurement is done, else 0."""
+    if budget is None or not ctx.is_main:
+        return 0
+    return budget.observe(iteration) or 0
+
+
+def check_rollbacks(state: LoopState) -> None:
+    if state.rollbacks >= MAX_ROLLBACKS:
+        raise RunError(
+            f"training diverged: still non-finite losses after {MAX_ROLLBACKS} rollbacks; "
+            "lower solver.lr or set solver.clip_grad_norm (e.g. 1.0)"
         )

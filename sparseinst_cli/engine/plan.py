@@ -20,8 +20,8 @@ from ..errors import UserError
 from ..runtime import check_process_count, resolve_device
 from . import run_dir as files
 from .distributed import under_torchrun
+from .schedule import schedule_of
 from .state import read_train_state
-from .trainer import schedule_of
 
 AMP_MODES = ("none", "fp16", "bf16", "auto")
 

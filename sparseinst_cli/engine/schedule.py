@@ -3,6 +3,7 @@
 The schedule is a pure function of the iteration; `LRController` writes it into the optimizer's
 param groups (each keeps its own `base_lr`) and carries the extra factor that a rollback after
 non-finite losses lowers. Both are saved in `last.pth` so `--resume` continues exactly.
+`schedule_of` builds the schedule from the solver config.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from ..config import Config
 
 
 @dataclass(frozen=True)
@@ -114,3 +117,11 @@ class TimeBudget:
         per_iter = (now - t0) / max(timed, 1)
         left = max(0.0, self.seconds - (now - self.started))
         return done + max(1, int(left / per_iter))  # the iteration about to run counts too
+
+
+def schedule_of(cfg: Config) -> WarmupMultiStep:
+    s = cfg.solver
+    return WarmupMultiStep(
+        max_iter=s.max_iter, steps=tuple(s.steps), gamma=s.gamma, warmup_iters=s.warmup_iters,
+        warmup_factor=s.warmup_factor,
+    )

@@ -1,16 +1,13 @@
-"""Everything `--resume` needs, in `last.pth`: weights, optimizer, lr schedule, grad scaler,
+"""The checkpoints a training run writes: `last.pth` to resume, `best.pth` to use.
+
+`last.pth` holds everything `--resume` needs: weights, optimizer, lr schedule, grad scaler,
 iteration, RNG states of every process. Written atomically by rank 0; loads with
 `weights_only=True` (numpy RNG state is stored as a tensor for that reason)."""
 from __future__ import annotations
 
 import random
-import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -88,46 +85,3 @@ def read_train_state(path: Path) -> dict[str, Any]:
 
         raise UserError(f"{path} holds weights only, not a training state; it cannot be resumed")
     return ckpt
-
-
-@contextmanager
-def signals_ignored() -> Iterator[None]:
-    """SIGINT and SIGTERM ignored meanwhile. Processes started inside (data loader workers)
-    keep ignoring them, so Ctrl-C stops the training loop cleanly instead of its workers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
-class StopSignals:
-    """Turns the first Ctrl-C / SIGTERM into a request to stop after the current iteration.
-
-    A second Ctrl-C interrupts at once. Outside the main thread signals cannot be caught and
-    this does nothing.
-    """
-
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._old.clear()

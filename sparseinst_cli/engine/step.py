@@ -1,7 +1,8 @@
-"""The training loop of one process: step, skip non-finite losses, checkpoint, evaluate.
+"""One optimisation step: `Stepper` owns the model, criterion, optimizer, lr and grad scaler.
 
-Every decision that changes what the processes do next (skip a step, roll back, stop, the
-iteration count of a --time budget) is all-reduced first, so all processes take it together.
+A step moves a batch to the device, runs the model (under autocast), the criterion, and the
+optimizer update. Whether the losses were finite, whether to stop and the iteration count of a
+--time budget are all-reduced first, so all processes skip, stop or re-plan together.
 """
 from __future__ import annotations
 
@@ -14,20 +15,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config
-from ..data.coco import CocoInstances, CocoTrainDataset
-from ..data.loader import build_train_loader
-from ..data.transforms import TransformConfig
-from ..errors import RunError
 from ..losses import SparseInstCriterion
 from ..matcher import HungarianMatcher
 from ..preprocess import pad_batch
 from ..runtime import autocast_context
 from .distributed import DistContext, all_reduce_sum
 from .optim import build_optimizer
-from .schedule import LRController, TimeBudget, WarmupMultiStep
+from .schedule import LRController, schedule_of
 
-NONFINITE_LIMIT = 3  # non-finite losses in a row before a rollback
-MAX_ROLLBACKS = 5
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "none": torch.float32}
 
 
@@ -39,23 +34,6 @@ def build_criterion(cfg: Config) -> SparseInstCriterion:
         mask_bce_weight=loss.mask_bce_weight, dice_weight=loss.dice_weight,
         objectness_weight=loss.objectness_weight, focal_alpha=loss.focal_alpha,
         focal_gamma=loss.focal_gamma,
-    )
-
-
-def schedule_of(cfg: Config) -> WarmupMultiStep:
-    s = cfg.solver
-    return WarmupMultiStep(
-        max_iter=s.max_iter, steps=tuple(s.steps), gamma=s.gamma, warmup_iters=s.warmup_iters,
-        warmup_factor=s.warmup_factor,
-    )
-
-
-def transform_of(cfg: Config) -> TransformConfig:
-    i = cfg.input
-    return TransformConfig(
-        min_sizes=tuple(i.min_size_train), max_size=i.max_size_train, flip_prob=i.flip_prob,
-        crop_enabled=i.crop_enabled, crop_size=tuple(i.crop_size), crop_prob=i.crop_prob,
-        crop_resize_sizes=tuple(i.crop_resize_sizes),
     )
 
 
@@ -83,17 +61,6 @@ class StepResult:
     finite: bool
     stop: bool
     budget_iters: int = 0  # >0: the --time budget fixed the iteration count
-
-
-@dataclass
-class LoopState:
-    """Counters the loop carries between iterations (and into last.pth)."""
-
-    iteration: int = 0
-    nonfinite: int = 0
-    rollbacks: int = 0
-    best_ap: float | None = None
-    budget_left: float | None = None  # seconds, while a --time budget is not measured yet
 
 
 class Stepper:
@@ -180,29 +147,3 @@ class Stepper:
         self.lr.load_state_dict(state["lr"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-
-
-def build_train_data(cfg: Config, source: CocoInstances, ctx: DistContext, *, workers: int,
-                     start_iter: int):
-    """This process's endless loader of (images, targets), starting at `start_iter`."""
-    dataset = CocoTrainDataset(source, transform=transform_of(cfg), seed=cfg.seed)
-    return build_train_loader(
-        dataset, batch_size=cfg.solver.batch_size // ctx.world_size, num_workers=workers,
-        seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, start_iter=start_iter,
-        pin_memory=ctx.device.startswith("cuda"),
-    )
-
-
-def budget_decision(budget: TimeBudget | None, ctx: DistContext, iteration: int) -> int:
-    """Rank 0's iteration count once its --time measurement is done, else 0."""
-    if budget is None or not ctx.is_main:
-        return 0
-    return budget.observe(iteration) or 0
-
-
-def check_rollbacks(state: LoopState) -> None:
-    if state.rollbacks >= MAX_ROLLBACKS:
-        raise RunError(
-            f"training diverged: still non-finite losses after {MAX_ROLLBACKS} rollbacks; "
-            "lower solver.lr or set solver.clip_grad_norm (e.g. 1.0)"
-        )
