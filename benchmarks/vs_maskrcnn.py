@@ -63,7 +63,7 @@ def sparseinst_worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT / "tests" / "data"))
     from synth_checkpoint import synth_state_dict
 
-    from sparseinst_cli.data.coco import read_image_rgb
+    from sparseinst_cli.fileio import read_image_rgb
     from sparseinst_cli.predictor import Predictor, load_model
 
     if args.threads:

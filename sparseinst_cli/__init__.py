@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _API = {
     "Predictor": "predictor",
-    "load_model": "predictor",
+    "load_model": "loading",
     "build_model": "modeling",
     "load_config": "config",
     "Config": "config",

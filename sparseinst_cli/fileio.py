@@ -1,4 +1,5 @@
-"""Writing outputs atomically: a temporary name in the same folder, then a rename."""
+"""Files in and out: reading images as RGB arrays, and writing outputs atomically (a temporary
+name in the same folder, then a rename)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,40 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import RunError
+from .errors import RunError, UserError
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """Read an image as RGB uint8 [H, W, 3], honouring EXIF orientation (as detectron2).
+
+    Grayscale, RGBA, palette and 16-bit images are converted; 16-bit values are scaled to 8 bits.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}; check the images folder of your dataset")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb_uint8(img)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise UserError(f"cannot read image {path} ({e}); replace or remove the file") from e
+
+
+def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        if img.mode == "F" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        elif img.mode != "F" and (img.mode.startswith("I;16") or arr.max(initial=0) > 255):
+            arr = arr / 257.0
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:

@@ -7,8 +7,8 @@ unchanged. The raw layout stores probabilities; they are mapped back to logits t
 same probabilities: pred_logits = logit(scores^2) and pred_scores = +100 (sigmoid = 1.0 exactly in
 float32), so sqrt(sigmoid(cls) * sigmoid(obj)) = scores; pred_masks = logit(masks).
 
-`load_onnx_model(path)` returns the `LoadedModel` that `predictor.load_model` returns for .pth
-files, with the config, class names and category ids read from the ONNX metadata.
+`loading.load_model` wraps an `OnnxModel` in the `LoadedModel` it returns for .pth files, with
+the config, class names and category ids read from the ONNX metadata.
 """
 from __future__ import annotations
 
@@ -167,36 +167,3 @@ class OnnxModel:
 
 def is_onnx_file(path: str | os.PathLike | None) -> bool:
     return path is not None and str(path).lower().endswith(".onnx")
-
-
-def load_onnx_model(
-    path: str | os.PathLike,
-    config: str | os.PathLike | None = None,
-    overrides: list[str] = (),
-    *,
-    device: str | torch.device = "cpu",
-):
-    """An exported .onnx file -> `predictor.LoadedModel` whose `model` is an `OnnxModel`.
-
-    The config stored in the metadata gives the test settings (sizes, thresholds); `config`
-    replaces it and `overrides` (KEY=VALUE) adjust it, as for our .pth checkpoints.
-    """
-    from .config import config_with_overrides, load_config
-    from .predictor import LoadedModel
-
-    if not Path(path).is_file():
-        raise UserError(f"ONNX model not found: {path}")
-    model = OnnxModel(path, device=device)
-    meta = model.metadata
-    if config is not None:
-        cfg = load_config(config, overrides)
-    else:
-        stored = json.loads(meta["config"])
-        cfg = config_with_overrides(stored, overrides)
-    return LoadedModel(
-        model=model,  # duck-typed SparseInst: __call__, to, eval, num_classes
-        config=cfg,
-        class_names=list(json.loads(meta["class_names"])),
-        category_ids=[int(c) for c in json.loads(meta["category_ids"])],
-        source=str(path),
-    )

@@ -1,76 +1,24 @@
-"""The Python API every command uses: weights (+ config) -> model -> instances for images."""
+"""The Python API every command uses: weights (+ config) -> model -> instances for images.
+
+Loading the weights is `loading.load_model`; this module runs the loaded model on images.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import is_ours, load_weights, read_checkpoint
-from .coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
-from .config import Config, config_with_overrides, load_config
-from .data.coco import read_image_rgb
-from .errors import UserError
-from .modeling import SparseInst, build_model
+from .fileio import read_image_rgb
+from .loading import LoadedModel, load_model
+from .modeling import SparseInst
 from .modeling.inference import optimize_for_inference
-from .onnx_backend import is_onnx_file, load_onnx_model
 from .postprocess import Instances, postprocess
 from .preprocess import ImageBatch, prepare_images
 from .runtime import autocast_context, keep_freed_memory, resolve_device, resolve_dtype
-
-
-@dataclass
-class LoadedModel:
-    """A model with the config and label maps that came with its weights."""
-
-    model: SparseInst
-    config: Config
-    class_names: list[str]
-    category_ids: list[int]
-    source: str = ""
-    skipped: list[str] = field(default_factory=list)
-
-
-def load_model(
-    weights: str | os.PathLike | None,
-    config: str | os.PathLike | None = None,
-    overrides: list[str] = (),
-) -> LoadedModel:
-    """Rebuild a model from our checkpoint (config inside) or an official one (config needed).
-
-    With `weights=None` the model keeps its initialisation (useful for benchmarks).
-    """
-    if weights is not None and is_onnx_file(weights):
-        return load_onnx_model(weights, config, overrides)
-    ckpt = read_checkpoint(weights) if weights is not None else None
-    if ckpt is not None and is_ours(ckpt):
-        if config is not None:
-            cfg = load_config(config, overrides)
-        else:
-            cfg = config_with_overrides(ckpt["config"], overrides)
-        names, ids = list(ckpt["class_names"]), list(ckpt["category_ids"])
-    else:
-        if config is None:
-            raise UserError(
-                f"{weights} is an official SparseInst checkpoint, which stores no config; "
-                "name its variant with --config (for example --config r50_giam)"
-            )
-        cfg = load_config(config, overrides)
-        names, ids = _default_labels(cfg.model.num_classes)
-    model = build_model(cfg.model)
-    if ckpt is not None:
-        load_weights(model, ckpt, layout=cfg.model.checkpoint_layout, strict=True)
-    model.eval()
-    return LoadedModel(model, cfg, names, ids, source=str(weights or ""))
-
-
-def _default_labels(num_classes: int) -> tuple[list[str], list[int]]:
-    if num_classes == len(COCO_CLASS_NAMES):
-        return list(COCO_CLASS_NAMES), list(COCO_CATEGORY_IDS)
-    return [f"class_{i}" for i in range(num_classes)], list(range(1, num_classes + 1))
 
 
 @dataclass

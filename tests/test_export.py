@@ -35,11 +35,8 @@ from sparseinst_cli.export.graph import DynamicAdaptiveAvgPool2d  # noqa: E402
 from sparseinst_cli.export.onnx import read_metadata, resolve_opset  # noqa: E402
 from sparseinst_cli.export.parity import parity_batch  # noqa: E402
 from sparseinst_cli.export.torchscript import load_torchscript  # noqa: E402
-from sparseinst_cli.onnx_backend import (  # noqa: E402
-    OnnxModel,
-    load_onnx_model,
-    raw_outputs_from_probs,
-)
+from sparseinst_cli.loading import load_onnx_model  # noqa: E402
+from sparseinst_cli.onnx_backend import OnnxModel, raw_outputs_from_probs  # noqa: E402
 from sparseinst_cli.postprocess import instance_scores, postprocess_image  # noqa: E402
 from sparseinst_cli.predictor import Predictor, load_model  # noqa: E402
 

@@ -10,7 +10,6 @@ import numpy as np
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..data.coco import read_image_rgb
 from ..data.datasets import SplitSpec, resolve_split
 from ..engine.benchmark import (
     BenchResult,
@@ -23,8 +22,8 @@ from ..engine.benchmark import (
 )
 from ..engine.eval_jobs import EvalJob, run_eval
 from ..errors import RunError, UserError
-from ..fileio import atomic_write_json
-from ..predictor import LoadedModel, load_model
+from ..fileio import atomic_write_json, read_image_rgb
+from ..loading import LoadedModel, load_model
 from ..runtime import available_cpus, resolve_device, resolve_dtype
 from .console import console, info, state
 from .options import (

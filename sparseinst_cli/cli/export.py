@@ -16,7 +16,7 @@ from ..export import (
     check_options,
     export_model,
 )
-from ..predictor import load_model
+from ..loading import load_model
 from .console import console, info, state
 from .options import ConfigOpt, DeviceOpt, WeightsOpt
 

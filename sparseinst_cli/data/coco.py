@@ -1,4 +1,4 @@
-"""COCO-format instance annotations: parsing, image reading, training and evaluation datasets."""
+"""COCO-format instance annotations: parsing, training and evaluation datasets."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from sparseinst_cli.data.transforms import Instance, TransformConfig, apply_train_transforms
 from sparseinst_cli.errors import UserError
+from sparseinst_cli.fileio import read_image_rgb
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
 AUG_STREAM = 1  # seed-sequence tag of the per-sample augmentation RNG (see loader.py)
@@ -78,37 +78,6 @@ def _validate(data: dict, path: Path) -> None:
                 f"{path}: annotation {ann.get('id')} has no 'segmentation'; "
                 "SparseInst needs instance masks (polygons or RLE)"
             )
-
-
-def read_image_rgb(path: str | Path) -> np.ndarray:
-    """Read an image as RGB uint8 [H, W, 3], honouring EXIF orientation (as detectron2).
-
-    Grayscale, RGBA, palette and 16-bit images are converted; 16-bit values are scaled to 8 bits.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"image not found: {path}; check the images folder of your dataset")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb_uint8(img)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise UserError(f"cannot read image {path} ({e}); replace or remove the file") from e
-
-
-def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
-    if img.mode.startswith("I") or img.mode == "F":
-        arr = np.asarray(img).astype(np.float64)
-        if img.mode == "F" and arr.max(initial=0) <= 1.0:
-            arr = arr * 255.0
-        elif img.mode != "F" and (img.mode.startswith("I;16") or arr.max(initial=0) > 255):
-            arr = arr / 257.0
-        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if img.mode in ("P", "PA"):
-        img = img.convert("RGBA")
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def segmentation_to_instance(segm: list | dict, label: int, h: int, w: int) -> Instance | None:

@@ -20,8 +20,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from ..errors import UserError
+from ..loading import LoadedModel
 from ..modeling import build_model
-from ..predictor import LoadedModel, Predictor
+from ..predictor import Predictor
 from ..preprocess import ImageBatch
 from ..runtime import available_cpus
 from ..samples import BENCH_IMAGE, asset_path

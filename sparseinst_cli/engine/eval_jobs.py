@@ -19,7 +19,7 @@ import torch
 from ..data.datasets import SplitSpec
 from ..errors import UserError
 from ..fileio import atomic_write_bytes
-from ..predictor import LoadedModel, load_model
+from ..loading import LoadedModel, load_model
 from ..runtime import available_cpus
 from .distributed import free_port, init_group, shutdown, spawn
 from .evaluate import evaluate_split

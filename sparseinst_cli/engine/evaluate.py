@@ -13,7 +13,8 @@ from ..data.datasets import SplitSpec
 from ..data.loader import build_eval_loader
 from ..errors import UserError
 from ..evaluation import evaluate_segm, instances_to_coco_results
-from ..predictor import LoadedModel, Predictor
+from ..loading import LoadedModel
+from ..predictor import Predictor
 from .distributed import gather_objects
 
 Progress = Callable[[int, int], None]  # (images done, total images) on this process

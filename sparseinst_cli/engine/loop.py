@@ -19,8 +19,9 @@ from ..data.coco import CocoInstances, CocoTrainDataset
 from ..data.loader import build_train_loader
 from ..data.transforms import TransformConfig
 from ..errors import RunError
+from ..loading import LoadedModel
 from ..modeling import build_model
-from ..predictor import LoadedModel, Predictor
+from ..predictor import Predictor
 from . import run_dir as files
 from .callbacks import RunInfo, TrainCallbacks, TrainSummary
 from .distributed import DistContext, barrier, gather_objects

@@ -13,9 +13,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
-from ..data.coco import read_image_rgb
 from ..errors import RunError, UserError
-from ..fileio import atomic_write_json, write_image
+from ..fileio import atomic_write_json, read_image_rgb, write_image
 from ..postprocess import Instances, filter_by_score
 from ..predictor import Predictor
 from ..sources import SourceItem

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data.coco import read_image_rgb
 from ..errors import RunError, UserError
+from ..fileio import read_image_rgb
 from ..runtime import resolve_device
 from . import onnx as onnx_io
 from .graph import END_TO_END_OUTPUTS, RAW_OUTPUTS, export_ready, has_deformable
@@ -206,7 +206,7 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def export_model(loaded, options: ExportOptions, notify: Notify | None = None) -> ExportResult:
-    """Export `loaded` (a predictor.LoadedModel) as `options` says; returns the checked result.
+    """Export `loaded` (a loading.LoadedModel) as `options` says; returns the checked result.
 
     Raises ParityError (nothing written) when the exported graph disagrees with PyTorch.
     """
