@@ -56,7 +56,9 @@ def sparseinst_worker(args: argparse.Namespace) -> None:
     import tempfile
 
     # isort: off
-    import sparseinst_cli  # noqa: F401 - first: chooses GOMP_SPINCOUNT before torch loads
+    from sparseinst_cli.runtime import set_spin_count
+
+    set_spin_count(sys.argv)  # as the `sparseinst` command does, before torch loads
     import torch
     # isort: on
 

@@ -2,14 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
-from .openmp_env import set_spin_count
-
-# Only acts before torch loads, which importing sparseinst_cli first (as the `sparseinst` command
-# does) ensures.
-set_spin_count(sys.argv)
-
 __version__ = "0.1.0"
 
 _API = {

@@ -9,6 +9,7 @@ import typer
 
 from .. import __version__
 from ..errors import RunError, UserError
+from ..runtime import set_spin_count
 from .console import err_console, state
 
 app = typer.Typer(
@@ -68,6 +69,9 @@ def _register() -> None:
     app.add_typer(data.app, name="data")
 
 
+# libgomp reads GOMP_SPINCOUNT once, when torch loads: the `sparseinst` command chooses it from its
+# arguments here, before the commands (and with them torch) are imported.
+set_spin_count(sys.argv)
 _register()
 
 

@@ -267,7 +267,7 @@ def environment() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        # Chosen per command before torch loads (openmp_env.py); it moves CPU timings by 5-10%.
+        # Chosen per command before torch loads (runtime.set_spin_count); it moves CPU timings.
         "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "libgomp default"),
     }
     if torch.cuda.is_available():

@@ -17,13 +17,11 @@ from ..config import Config, config_from_dict, config_with_overrides, load_confi
 from ..data.coco import CocoInstances
 from ..data.datasets import SplitSpec, resolve_split
 from ..errors import UserError
-from ..runtime import check_process_count, resolve_device
+from ..runtime import AMP_MODES, check_process_count, cpu_has_native_bf16, resolve_device
 from . import run_dir as files
 from .distributed import under_torchrun
 from .schedule import schedule_of
 from .state import read_train_state
-
-AMP_MODES = ("none", "fp16", "bf16", "auto")
 
 
 @dataclass
@@ -93,15 +91,6 @@ def check_amp(amp: str, device_type: str) -> str:
     if device_type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_native_bf16() else "none"
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX in /proc/cpuinfo (Linux); elsewhere assume not."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def read_classes(train: SplitSpec, val: SplitSpec | None, filter_empty: bool) -> tuple:

@@ -18,12 +18,10 @@ from ..config import Config
 from ..losses import SparseInstCriterion
 from ..matcher import HungarianMatcher
 from ..preprocess import pad_batch
-from ..runtime import autocast_context
+from ..runtime import autocast_context, torch_dtype
 from .distributed import DistContext, all_reduce_sum
 from .optim import build_optimizer
 from .schedule import LRController, schedule_of
-
-AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "none": torch.float32}
 
 
 def build_criterion(cfg: Config) -> SparseInstCriterion:
@@ -74,7 +72,7 @@ class Stepper:
         self.criterion = build_criterion(cfg)
         self.optimizer = build_optimizer(model, cfg.solver)
         self.lr = LRController(schedule_of(cfg))
-        self.amp = AMP_DTYPES[cfg.solver.amp]
+        self.amp = torch_dtype(cfg.solver.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.solver.amp == "fp16")
         self.ddp: nn.Module = model
         if ctx.distributed:
