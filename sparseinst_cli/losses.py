@@ -109,12 +109,12 @@ class SparseInstCriterion(nn.Module):
         *,
         matcher: HungarianMatcher,
         num_classes: int,
-        class_weight: float = 2.0,
-        mask_bce_weight: float = 5.0,
-        dice_weight: float = 2.0,
-        objectness_weight: float = 1.0,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
+        class_weight: float,
+        mask_bce_weight: float,
+        dice_weight: float,
+        objectness_weight: float,
+        focal_alpha: float,
+        focal_gamma: float,
     ) -> None:
         super().__init__()
         self.matcher = matcher

@@ -90,7 +90,7 @@ def _empty_match() -> tuple[Tensor, Tensor]:
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of predictions to targets per image (no learnable parameters)."""
 
-    def __init__(self, *, alpha: float = 0.8, beta: float = 0.2) -> None:
+    def __init__(self, *, alpha: float, beta: float) -> None:
         super().__init__()
         self.alpha = alpha
         self.beta = beta

@@ -26,8 +26,14 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
+# The official loss weights and focal parameters, which the hand-worked values below assume.
+OFFICIAL = {"class_weight": 2.0, "mask_bce_weight": 5.0, "dice_weight": 2.0,
+            "objectness_weight": 1.0, "focal_alpha": 0.25, "focal_gamma": 2.0}
+
+
 def make_criterion(num_classes: int, **weights: float) -> SparseInstCriterion:
-    return SparseInstCriterion(matcher=HungarianMatcher(), num_classes=num_classes, **weights)
+    return SparseInstCriterion(matcher=HungarianMatcher(alpha=0.8, beta=0.2),
+                               num_classes=num_classes, **{**OFFICIAL, **weights})
 
 
 def test_sigmoid_focal_loss_by_formula() -> None:

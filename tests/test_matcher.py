@@ -59,7 +59,8 @@ def test_matching_cost_powers_are_arguments() -> None:
 def test_matcher_finds_the_optimal_not_the_greedy_assignment() -> None:
     pred_logits, pred_masks, tgt_labels, tgt_masks = _hand_case()
     outputs = {"pred_logits": pred_logits[None], "pred_masks": pred_masks.view(1, 3, 2, 2)}
-    [(pred_idx, tgt_idx)] = HungarianMatcher()(outputs, [tgt_masks.view(2, 2, 2)], [tgt_labels])
+    matcher = HungarianMatcher(alpha=0.8, beta=0.2)
+    [(pred_idx, tgt_idx)] = matcher(outputs, [tgt_masks.view(2, 2, 2)], [tgt_labels])
     # Greedy would take A->0 (the largest entry) and then C->1; the optimum is A->1, B->0.
     assert pred_idx.tolist() == [0, 1]
     assert tgt_idx.tolist() == [1, 0]
@@ -82,7 +83,7 @@ def _random_batch(
 def test_batched_matching_equals_per_image_matching() -> None:
     sizes = [2, 0, 3, 5]
     outputs, masks, labels = _random_batch(sizes)
-    matcher = HungarianMatcher()
+    matcher = HungarianMatcher(alpha=0.8, beta=0.2)
     batched = matcher(outputs, masks, labels)
     for b in range(len(sizes)):
         single = {key: value[b : b + 1] for key, value in outputs.items()}
@@ -113,14 +114,14 @@ def test_concatenated_cost_blocks_equal_per_image_costs() -> None:
 
 def test_images_without_targets_give_empty_indices() -> None:
     outputs, masks, labels = _random_batch([0, 0])
-    for pred_idx, tgt_idx in HungarianMatcher()(outputs, masks, labels):
+    for pred_idx, tgt_idx in HungarianMatcher(alpha=0.8, beta=0.2)(outputs, masks, labels):
         assert pred_idx.numel() == 0 and tgt_idx.numel() == 0
         assert pred_idx.dtype == torch.int64 and tgt_idx.dtype == torch.int64
 
 
 def test_more_targets_than_predictions_matches_every_prediction() -> None:
     outputs, masks, labels = _random_batch([7], n=3)
-    [(pred_idx, tgt_idx)] = HungarianMatcher()(outputs, masks, labels)
+    [(pred_idx, tgt_idx)] = HungarianMatcher(alpha=0.8, beta=0.2)(outputs, masks, labels)
     assert pred_idx.tolist() == [0, 1, 2]
     assert len(set(tgt_idx.tolist())) == 3
 
@@ -130,14 +131,14 @@ def test_non_finite_cost_raises_run_error(key: str) -> None:
     outputs, masks, labels = _random_batch([2])
     outputs[key][0, 1] = float("nan")  # (+-Inf logits still give a finite cost)
     with pytest.raises(RunError, match="non-finite matching cost"):
-        HungarianMatcher()(outputs, masks, labels)
+        HungarianMatcher(alpha=0.8, beta=0.2)(outputs, masks, labels)
 
 
 def test_label_outside_num_classes_raises_user_error() -> None:
     outputs, masks, labels = _random_batch([2], k=4)
     labels[0][1] = 4
     with pytest.raises(UserError, match="num_classes"):
-        HungarianMatcher()(outputs, masks, labels)
+        HungarianMatcher(alpha=0.8, beta=0.2)(outputs, masks, labels)
 
 
 def test_matching_cost_ignores_autocast() -> None:

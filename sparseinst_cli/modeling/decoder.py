@@ -45,12 +45,12 @@ class InstanceBranch(nn.Module):
         *,
         in_channels: int,
         num_classes: int,
-        kind: str = "giam",
-        num_masks: int = 100,
-        groups: int = 4,
-        dim: int = 256,
-        num_convs: int = 4,
-        kernel_dim: int = 128,
+        kind: str,
+        num_masks: int,
+        groups: int,
+        dim: int,
+        num_convs: int,
+        kernel_dim: int,
     ):
         super().__init__()
         if kind not in DECODER_KINDS:
@@ -104,9 +104,7 @@ class InstanceBranch(nn.Module):
 class MaskBranch(nn.Module):
     """Features -> mask embedding [B, kernel_dim, H, W]."""
 
-    def __init__(
-        self, *, in_channels: int, dim: int = 256, num_convs: int = 4, kernel_dim: int = 128
-    ):
+    def __init__(self, *, in_channels: int, dim: int, num_convs: int, kernel_dim: int):
         super().__init__()
         self.mask_convs = conv_stack(num_convs, in_channels, dim)
         self.projection = nn.Conv2d(dim, kernel_dim, 1)
@@ -124,15 +122,15 @@ class IAMDecoder(nn.Module):
         *,
         in_channels: int,
         num_classes: int,
-        kind: str = "giam",
-        num_masks: int = 100,
-        groups: int = 4,
-        inst_dim: int = 256,
-        inst_convs: int = 4,
-        mask_dim: int = 256,
-        mask_convs: int = 4,
-        kernel_dim: int = 128,
-        scale_factor: float = 2.0,
+        kind: str,
+        num_masks: int,
+        groups: int,
+        inst_dim: int,
+        inst_convs: int,
+        mask_dim: int,
+        mask_convs: int,
+        kernel_dim: int,
+        scale_factor: float,
     ):
         super().__init__()
         self.scale_factor = scale_factor

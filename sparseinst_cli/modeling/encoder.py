@@ -36,7 +36,7 @@ class InstanceContextEncoder(nn.Module):
     Module lists are ordered from the coarsest level (index 0 is res5), as in the official code.
     """
 
-    def __init__(self, *, in_channels: list[int], channels: int = 256):
+    def __init__(self, *, in_channels: list[int], channels: int):
         super().__init__()
         self.fpn_laterals = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in reversed(in_channels))
         self.fpn_outputs = nn.ModuleList(
