@@ -104,8 +104,8 @@ def resize_masks_thresholded(
 def _banded_resize(
     low: int, padded: int, valid: int, orig: int, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
-    """`resize_matrix` and its row bands, built once per size (4-5 ms a call on a CPU; a video or
-    a dataset repeats a few sizes). Read-only: callers must not write to the matrix."""
+    """`resize_matrix` and its row bands, built once per size (a video or a dataset repeats a
+    few sizes). Read-only: callers must not write to the matrix."""
     mat = resize_matrix(low, padded, valid, orig, device).to(dtype)
     return mat, _row_bands(mat)
 

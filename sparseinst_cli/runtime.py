@@ -72,9 +72,9 @@ def keep_freed_memory() -> bool:
     """Make glibc keep freed blocks of up to 32 MB for reuse instead of returning them to the OS.
 
     By default it hands large freed blocks back and faults them in again, zeroed, on the next
-    allocation: about 34,000 page faults (~60 ms, 8%) per R-50 G-IAM forward pass at 640 on a
-    CPU. Kept, repeated inference runs without page faults; the price is that the process keeps
-    its peak memory. Once per process; False where there is no glibc (macOS, Windows, musl).
+    allocation: tens of thousands of page faults per forward pass of a large model on a CPU.
+    Kept, repeated inference runs without page faults; the price is that the process keeps its
+    peak memory. Once per process; False where there is no glibc (macOS, Windows, musl).
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -163,9 +163,9 @@ def set_spin_count(argv: list[str]) -> None:
 
     After every parallel op libgomp's idle threads spin for milliseconds by default, taking the
     cores from NNPACK's threads (fp32 3x3 convs), from data-loading workers and from anything
-    else running: R-50 G-IAM at 640 in fp32 takes 750 ms with the default, 680 with 1000. bf16
-    runs oneDNN and Winograd matmuls only, hundreds of short ops, where the default spin saves a
-    thread wake-up per op: 430 ms against 460-510 with 1000 (2-core Zen 4).
+    else running, so fp32 is faster with short spins. bf16 runs oneDNN and Winograd matmuls
+    only, hundreds of short ops, where the default spin saves a thread wake-up per op. The
+    README's Performance section has the figures.
     """
     if not only_reduced_precision(argv):
         os.environ.setdefault("GOMP_SPINCOUNT", "1000")

@@ -2,9 +2,9 @@
 
 Exporter: by default PyTorch's TorchScript-based exporter (`torch.onnx.export(dynamo=False)`).
 With the adaptive pools swapped (graph.py) it gives one graph whose batch, height and width are
-all dynamic, names the dynamic axes as asked, and exports R-50 in ~6 s on two cores. The
-torch.export-based exporter (`exporter="dynamo"`) gives the same graph and numbers but takes about
-4x longer; it is kept as an option because the TorchScript exporter is deprecated upstream.
+all dynamic and names the dynamic axes as asked. The torch.export-based exporter
+(`exporter="dynamo"`) gives the same graph and numbers but takes longer; it is kept as an option
+because the TorchScript exporter is deprecated upstream.
 Deformable convs become the standard ONNX `DeformConv` op (opset >= 19) with either exporter.
 """
 from __future__ import annotations

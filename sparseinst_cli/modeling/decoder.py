@@ -160,7 +160,7 @@ class IAMDecoder(nn.Module):
         mask_features = self.mask_branch(mask_input)
         masks = torch.bmm(out.pop("pred_kernels"), mask_features.flatten(2))
         # In fp32 even under autocast: post-processing and the losses read fp32, and a CPU
-        # resizes bf16 at half the speed (100 masks at 1/8 of 640: 5 -> 2.5 ms with the cast).
+        # resizes bf16 more slowly than fp32.
         masks = masks.unflatten(2, mask_features.shape[-2:]).float()
         out["pred_masks"] = F.interpolate(
             masks, scale_factor=self.scale_factor, mode="bilinear", align_corners=False
@@ -184,8 +184,7 @@ class SplitOutput(nn.Module):
 def share_first_convs(decoder: IAMDecoder) -> bool:
     """Merge the first conv + ReLU of both branches, which read the same input, into one conv
     with both sets of filters (in place; inference only): one wider layer instead of two runs
-    faster (NNPACK fp32: 42 -> 33 ms for R-50 G-IAM at 640; Winograd transforms the input once).
-    Returns whether it merged."""
+    faster (Winograd transforms the input once). Returns whether it merged."""
     inst, mask = decoder.inst_branch.inst_convs, decoder.mask_branch.mask_convs
     if decoder.first_convs is not None or len(inst) < 2 or len(mask) < 2:
         return False

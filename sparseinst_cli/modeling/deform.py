@@ -56,7 +56,7 @@ def deform_conv2d_sampled(
     x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
     stride: int, padding: int, dilation: int,
 ) -> torch.Tensor:
-    """torchvision's `deform_conv2d` (one offset group, no mask), 2-3x faster on a CPU: every
+    """torchvision's `deform_conv2d` (one offset group, no mask), faster on a CPU: every
     tap's bilinear samples in one `grid_sample` call, then one matrix product with the weights.
 
     Same sampling rule (neighbours outside the image count as zero); the sample positions are

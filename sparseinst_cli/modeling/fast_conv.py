@@ -1,8 +1,8 @@
 """3x3 convolutions through NNPACK's Winograd kernels, for single images on a CPU.
 
 oneDNN computes a 3x3 convolution directly; NNPACK's Winograd transform needs about 4x fewer
-multiplications, so the 256-channel 3x3 convs of the encoder and decoder run 2-2.5x faster on a
-CPU in fp32 (PyTorch itself only routes batches of 16 or more to NNPACK). Outputs differ from
+multiplications, so the 256-channel 3x3 convs of the encoder and decoder run faster on a CPU
+in fp32 (PyTorch itself only routes batches of 16 or more to NNPACK). Outputs differ from
 direct convolution by rounding only (about 1e-6 relative); every layer is checked against
 `F.conv2d` when it is swapped in, and anything NNPACK cannot do falls back to `F.conv2d`.
 """
@@ -63,7 +63,7 @@ class NnpackConv3x3(nn.Module):
         bias = self.bias if self.bias is not None else x.new_zeros(self.weight.shape[0])
         if self.groups == 1:
             y = torch._nnpack_spatial_convolution(x.contiguous(), self.weight, bias, self.padding)
-        else:  # oneDNN's grouped conv is slow on NCHW inputs; NNPACK per group is 3-4x faster
+        else:  # oneDNN's grouped conv is slow on NCHW inputs; NNPACK per group is faster
             parts = zip(x.chunk(self.groups, 1), self.weight.chunk(self.groups),
                         bias.chunk(self.groups))
             y = torch.cat([

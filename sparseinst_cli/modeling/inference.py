@@ -15,8 +15,7 @@ from .sparseinst import SparseInst
 from .winograd import use_winograd_convs
 
 # Narrowest 3x3 conv that Winograd runs faster than oneDNN (bf16) or than oneDNN and NNPACK
-# (fp32), measured on 2-core AVX-512 (Zen 4): in bf16 128 channels at 1/8 of a 640 image gain
-# 10%, 256 at 1/8 30%; in fp32 NNPACK wins up to 256 channels, Winograd at 512 (13.5 -> 8 ms).
+# (fp32); in fp32 NNPACK wins up to 256 channels.
 WINOGRAD_MIN_CHANNELS = {torch.bfloat16: 128, torch.float32: 512}
 
 
@@ -88,7 +87,7 @@ def optimize_for_inference(
 def store_autocast_weights(module: nn.Module, dtype: torch.dtype) -> None:
     """Store the parameters of `nn.Conv2d` and `nn.Linear` layers in `dtype`: autocast runs these
     layers in `dtype` anyway, and rounds fp32 weights the same way, so the outputs are unchanged
-    while each forward pass saves the casts (about 4% of R-50 G-IAM in bf16 on a CPU). Other
+    while each forward pass saves the casts. Other
     layers (norms, deformable convs) keep fp32 parameters."""
     for layer in module.modules():
         if type(layer) in (nn.Conv2d, nn.Linear):  # exactly: subclasses may use their weights

@@ -4,7 +4,7 @@ oneDNN computes a bf16 3x3 convolution directly, at the bf16 matmul peak; Winogr
 needs 2.25x fewer multiplications: each 4x4 input tile is transformed (additions only), the 16
 transformed planes go through one `torch.bmm` with pre-transformed weights, and one [4, 16]
 matmul recovers the 2x2 output tiles. The transforms are memory-bound passes, so the trade pays
-for wide channels (a 256-channel layer at 1/8 of a 640 image: 22 -> 15 ms in bf16). Larger
+for wide channels (inference.WINOGRAD_MIN_CHANNELS). Larger
 tiles would save more multiplications but not in bf16: F(3x3, 3x3) has 7.5x the error of direct
 convolution there (F(2x2, 3x3): 2x).
 
@@ -69,7 +69,7 @@ def _output_tiles(m: torch.Tensor, n: int, hh: int, ww: int, relu: bool) -> torc
     """[16, N*hh*ww, K] products -> the 2x2 output tiles as [N, 2*hh, 2*ww, K].
 
     One [4, 16] matmul reads the products once and rounds once (chained elementwise additions
-    took 25% longer and rounded bf16 three times); the copy that interleaves the tiles also
+    were slower and rounded bf16 three times); the copy that interleaves the tiles also
     applies the ReLU.
     """
     k = m.shape[-1]
