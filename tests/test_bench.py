@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_support import run_cli
 from torch import nn
 
-from sparseinst_cli.cli.app import main
 from sparseinst_cli.cli.targets import official_variants
 from sparseinst_cli.data.coco import read_image_rgb
 from sparseinst_cli.engine.benchmark import (
@@ -33,16 +33,28 @@ SIZE = 256  # small inputs keep the tests fast; the shipped image becomes 256 x 
 MODEL = "demo"  # the small zoo model (ResNet-18, slim heads): same code path, far less time
 
 
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run `sparseinst ARGS` through the real entry point; returns (status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["sparseinst", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+def _conv(cin: int, cout: int, k: int = 1, groups: int = 1) -> int:
+    """Weights and bias of a k x k convolution (a Linear is k = 1)."""
+    return cin // groups * cout * k * k + cout
+
+
+# The demo model by hand, from models/demo.yaml: timm's regnetx_004 (5,157,512 parameters) without
+# its 1000-class classifier, a 128-channel encoder over its 64/160/384-channel features, and a
+# G-IAM decoder (2 convs of 128, 4 groups x 8 masks, 80 classes, 64-dim kernels).
+REGNETX_004_FEATURES = 5_157_512 - _conv(384, 1000)
+DEMO_ENCODER = (
+    _conv(64, 128) + _conv(160, 128) + _conv(384, 128)  # lateral 1x1s
+    + 3 * _conv(128, 128, 3)  # output 3x3s
+    + 4 * _conv(128, 32) + _conv(256, 128)  # pyramid pooling: 4 stages and the bottleneck
+    + _conv(3 * 128, 128)  # fusion
+)
+DEMO_DECODER = (
+    2 * (_conv(128 + 2, 128, 3) + _conv(128, 128, 3))  # both branches' convs (+ coordinates)
+    + _conv(128, 4 * 8, 3, groups=4)  # instance activation maps
+    + _conv(4 * 128, 4 * 128) + _conv(4 * 128, 80) + _conv(4 * 128, 64) + _conv(4 * 128, 1)
+    + _conv(128, 64)  # mask projection
+)
+DEMO_PARAMS = REGNETX_004_FEATURES + DEMO_ENCODER + DEMO_DECODER
 
 
 @pytest.fixture(scope="module")
@@ -117,13 +129,15 @@ def test_result_fields(small):
     )
     assert calls == [(1, 3), (2, 3), (3, 3)]
     assert r.input_hw == (256, 352) and r.batch == 2 and r.threads == 1  # padded to 32
-    assert r.params == sum(p.numel() for p in small.model.parameters())
+    assert r.params == DEMO_PARAMS
     single = benchmark(small, image, variant=MODEL, size=SIZE,
                        settings=BenchSettings(warmup=0, iters=1, threads=1))
     assert r.gflops == pytest.approx(single.gflops) and r.gflops > 0  # per image, not per batch
     assert r.total_ms.median >= r.model_ms.median > 0
     assert r.fps == pytest.approx(2000 / r.total_ms.median)
-    assert 0 <= r.detections <= 100
+    # Per image: what post-processing keeps of the same model's outputs for this image alone.
+    alone = Predictor(None, loaded=small, min_size=SIZE).predict(image)
+    assert r.detections == len(alone.instances)
 
 
 def test_bench_command_writes_json_and_warns(tmp_path, monkeypatch, capsys):

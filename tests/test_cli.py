@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import click
 import pytest
 import typer
+from cli_support import CLI
 
 from sparseinst_cli import __version__
 from sparseinst_cli.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "sparseinst_cli"]
 SHELLS = {"bash": "bash", "zsh": "zsh", "fish": "fish", "powershell": "ps1"}
 
 

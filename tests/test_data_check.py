@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_support import run_cli_process
 from PIL import Image
 from pycocotools import mask as mask_util
 from typer.testing import CliRunner
@@ -198,9 +198,8 @@ def test_rle_checks() -> None:
 
 
 def run_cli(*args: object) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "sparseinst_cli", "data", "check", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "200"})
+    return run_cli_process("data", "check", *args, timeout=120,
+                           env={**os.environ, "COLUMNS": "200"})
 
 
 def test_cli_exit_status_fix_and_bad_data(dataset: Path) -> None:

@@ -6,36 +6,24 @@ import contextlib
 import io
 import json
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from cli_support import run_cli
 from PIL import Image
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from sparseinst_cli.cli.app import main
 from sparseinst_cli.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from sparseinst_cli.predictor import Predictor
 
 DATA = Path(__file__).parent / "data"
 SIZE = "160"  # short side: tiny inputs keep the R-50 fast
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sparseinst", *[str(a) for a in args]])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def rle(mask: np.ndarray) -> dict:

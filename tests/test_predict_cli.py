@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from cli_support import run_cli_process as run_cli
 from PIL import Image
 from pycocotools import mask as mask_util
 
 from sparseinst_cli.postprocess import filter_by_score
 from sparseinst_cli.predictor import Predictor
-
-CLI = [sys.executable, "-m", "sparseinst_cli"]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def _scene(h: int, w: int, seed: int) -> np.ndarray:
