@@ -16,7 +16,6 @@ from cli_support import run_cli
 from torch import nn
 
 from sparseinst_cli.cli.targets import official_variants
-from sparseinst_cli.data.coco import read_image_rgb
 from sparseinst_cli.engine.benchmark import (
     BenchSettings,
     Stats,
@@ -25,6 +24,7 @@ from sparseinst_cli.engine.benchmark import (
     default_image_path,
     trust_warnings,
 )
+from sparseinst_cli.fileio import read_image_rgb
 from sparseinst_cli.modeling.deform import DeformConv3x3
 from sparseinst_cli.modeling.fast_conv import NnpackConv3x3
 from sparseinst_cli.predictor import Predictor, load_model

@@ -19,7 +19,6 @@ ort = pytest.importorskip("onnxruntime")
 
 from conftest import official_state_dict  # noqa: E402
 
-from sparseinst_cli.data.coco import read_image_rgb  # noqa: E402
 from sparseinst_cli.errors import UserError  # noqa: E402
 from sparseinst_cli.export import (  # noqa: E402
     ExportOptions,
@@ -35,6 +34,7 @@ from sparseinst_cli.export.graph import DynamicAdaptiveAvgPool2d  # noqa: E402
 from sparseinst_cli.export.onnx import read_metadata, resolve_opset  # noqa: E402
 from sparseinst_cli.export.parity import parity_batch  # noqa: E402
 from sparseinst_cli.export.torchscript import load_torchscript  # noqa: E402
+from sparseinst_cli.fileio import read_image_rgb  # noqa: E402
 from sparseinst_cli.loading import load_onnx_model  # noqa: E402
 from sparseinst_cli.onnx_backend import OnnxModel, raw_outputs_from_probs  # noqa: E402
 from sparseinst_cli.postprocess import instance_scores, postprocess_image  # noqa: E402

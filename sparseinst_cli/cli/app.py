@@ -1,4 +1,5 @@
-"""`sparseinst`: the Typer app, global options and the single error handler."""
+"""`sparseinst`: the Typer app, global options, the single error handler, and the OpenMP spin
+count chosen from the arguments before the commands (and torch) are imported."""
 
 from __future__ import annotations
 
