@@ -85,7 +85,7 @@ def check(
 def _specs(data: str | None, split: str) -> list[SplitSpec]:
     """The splits to check, one per distinct annotations file."""
     if data is None:
-        raise UserError("give the dataset to check: --data data.yaml (or demo, coco_2017)")
+        raise UserError("give the dataset to check: --data data.yaml (or demo, crowded, coco_2017)")
     if split not in SPLITS:
         raise UserError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
     names = ("train", "val") if split == "all" else (split,)

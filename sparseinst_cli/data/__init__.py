@@ -1,4 +1,4 @@
-"""Data: COCO parsing, augmentation, the demo dataset, `--data` resolution and loaders."""
+"""Data: COCO parsing, augmentation, the synthetic datasets, `--data` resolution and loaders."""
 
 from sparseinst_cli.data.coco import (
     CocoEvalDataset,
@@ -8,6 +8,7 @@ from sparseinst_cli.data.coco import (
     load_coco_json,
     read_image_rgb,
 )
+from sparseinst_cli.data.crowded import make_crowded_dataset
 from sparseinst_cli.data.datasets import SplitSpec, resolve_split
 from sparseinst_cli.data.demo import make_demo_dataset
 from sparseinst_cli.data.loader import build_eval_loader, build_train_loader, collate
@@ -30,6 +31,7 @@ __all__ = [
     "build_train_loader",
     "collate",
     "load_coco_json",
+    "make_crowded_dataset",
     "make_demo_dataset",
     "read_image_rgb",
     "resize_image",

@@ -9,17 +9,14 @@ JSON files and a DATA.yaml; the same parameters always give the same bytes.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
-from pycocotools import mask as mask_util
 
+from sparseinst_cli.data.synthetic import Renderer, write_dataset
 from sparseinst_cli.data.transforms import polygons_to_mask
 
 DEMO_VERSION = 1
@@ -50,86 +47,23 @@ def make_demo_dataset(
 
     image_size is (height, width). An existing dataset is reused when its parameters match.
     """
-    root = Path(root)
     params = DemoParams(num_train, num_val, (int(image_size[0]), int(image_size[1])), seed)
-    marker, data_yaml = root / "demo.json", root / "data.yaml"
-    if _is_complete(root, params):
-        return data_yaml
-    for split, count, tag in (("train", num_train, 0), ("val", num_val, 1)):
-        coco = _make_split(root / "images" / split, count, params, tag)
-        _write_text(root / "annotations" / f"{split}.json", json.dumps(coco))
-    data = {
-        "train": {"images": "images/train", "annotations": "annotations/train.json"},
-        "val": {"images": "images/val", "annotations": "annotations/val.json"},
-        "names": [name for _, name, _ in DEMO_CLASSES],
-    }
-    _write_text(data_yaml, yaml.safe_dump(data, sort_keys=False))
-    _write_text(marker, json.dumps(_params_dict(params), sort_keys=True))
-    return data_yaml
+    h, w = params.image_size
+
+    def renderer(tag: int) -> Renderer:
+        return lambda i: render_image(np.random.default_rng([seed, tag, i]), h, w)
+
+    categories = [{"id": c, "name": n, "supercategory": "shape"} for c, n, _ in DEMO_CLASSES]
+    return write_dataset(
+        root, marker="demo.json", params=_params_dict(params), categories=categories,
+        splits={"train": (num_train, renderer(0)), "val": (num_val, renderer(1))},
+    )
 
 
 def _params_dict(params: DemoParams) -> dict:
     d = asdict(params)
     d["image_size"] = list(params.image_size)
     return d
-
-
-def _is_complete(root: Path, params: DemoParams) -> bool:
-    try:
-        found = json.loads((root / "demo.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if found != _params_dict(params) or not (root / "data.yaml").is_file():
-        return False
-    for split, count in (("train", params.num_train), ("val", params.num_val)):
-        if not (root / "annotations" / f"{split}.json").is_file():
-            return False
-        if len(list((root / "images" / split).glob("*.jpg"))) != count:
-            return False
-    return True
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically, so concurrent generators never leave a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _make_split(image_dir: Path, count: int, params: DemoParams, tag: int) -> dict:
-    """Render `count` images into image_dir and return the split's COCO dict."""
-    image_dir.mkdir(parents=True, exist_ok=True)
-    for stale in image_dir.glob("*.jpg"):
-        if not stale.stem.isdigit() or not 1 <= int(stale.stem) <= count:
-            stale.unlink()
-    h, w = params.image_size
-    images, annotations = [], []
-    for i in range(count):
-        rng = np.random.default_rng([params.seed, tag, i])
-        image, objects = render_image(rng, h, w)
-        file_name = f"{i + 1:06d}.jpg"
-        Image.fromarray(image).save(image_dir / file_name, quality=92)
-        images.append({"id": i + 1, "file_name": file_name, "height": h, "width": w})
-        for cat_id, visible, polygon in objects:
-            annotations.append(_annotation(len(annotations) + 1, i + 1, cat_id, visible, polygon))
-    categories = [{"id": c, "name": n, "supercategory": "shape"} for c, n, _ in DEMO_CLASSES]
-    return {"images": images, "annotations": annotations, "categories": categories}
-
-
-def _annotation(
-    ann_id: int, image_id: int, cat_id: int, visible: np.ndarray, polygon: np.ndarray | None
-) -> dict:
-    rle = mask_util.encode(np.asfortranarray(visible.astype(np.uint8)))
-    if polygon is not None:
-        segm: list | dict = [polygon.reshape(-1).tolist()]
-    else:
-        segm = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
-    return {
-        "id": ann_id, "image_id": image_id, "category_id": cat_id, "segmentation": segm,
-        "area": float(visible.sum()), "bbox": [float(x) for x in mask_util.toBbox(rle)],
-        "iscrowd": 0,
-    }
 
 
 def render_image(
