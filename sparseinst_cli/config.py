@@ -45,7 +45,13 @@ class DecoderConfig:
     mask_dim: int = 256
     mask_convs: int = 4
     kernel_dim: int = 128
-    scale_factor: float = 2.0
+    scale_factor: float = 2.0  # masks from stride 8 to the output stride 4 (official)
+    # 4: the mask branch ends at stride 4 on a skip from the backbone's stride-4 map, for
+    # objects a few stride-8 cells wide (scale_factor then unused); 8: official
+    mask_stride: int = 8
+    # Mask logits fall with the squared distance to the instance's activation centre, at a
+    # per-instance rate: keeps masks apart among many similar small objects (not official)
+    centre_prior: bool = False
 
 
 @dataclass
@@ -276,6 +282,17 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return tree
+
+
+def override_keys(overrides: list[str]) -> set[str]:
+    """The dotted keys that `overrides` set: `solver.lr=1e-4` -> {"solver.lr"}."""
+    def walk(tree: dict[str, Any], prefix: str) -> set[str]:
+        keys: set[str] = set()
+        for key, value in tree.items():
+            dotted = f"{prefix}{key}"
+            keys |= walk(value, f"{dotted}.") if isinstance(value, dict) else {dotted}
+        return keys
+    return walk(parse_overrides(overrides), "")
 
 
 def load_config(name_or_path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:

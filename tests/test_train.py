@@ -7,7 +7,7 @@ import signal
 
 import pytest
 import torch
-from train_support import Recorder, assert_same_weights, make_dataset, train, weights
+from train_support import SMALL_HEAD, Recorder, assert_same_weights, make_dataset, train, weights
 
 from sparseinst_cli.checkpoint import read_checkpoint
 from sparseinst_cli.engine import run_dir as files
@@ -42,11 +42,12 @@ def test_run_folder_has_every_artifact(data, tmp_path):
     assert train(data, tmp_path).run_dir == tmp_path / "exp2"
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(data, tmp_path):
-    full = train(data, tmp_path, name="full", overrides=("solver.eval_period=0",))
-    part = train(data, tmp_path, name="part", stop_after=3)
+@pytest.mark.parametrize("head", [(), SMALL_HEAD], ids=["official", "small"])
+def test_interrupted_then_resumed_equals_uninterrupted(data, tmp_path, head):
+    full = train(data, tmp_path, name="full", overrides=("solver.eval_period=0", *head))
+    part = train(data, tmp_path, name="part", stop_after=3, overrides=head)
     assert part.status == "interrupted" and part.iteration == 3
-    resumed = train(data, tmp_path, name="part", resume=True)
+    resumed = train(data, tmp_path, name="part", resume=True, overrides=head)
     assert resumed.status == "finished" and resumed.iteration == 6
     assert_same_weights(weights(full.last), weights(resumed.last))
 

@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_support import TINY, assert_same_weights, large_result, make_dataset, train, weights
+from train_support import (
+    SMALL_HEAD,
+    TINY,
+    assert_same_weights,
+    large_result,
+    make_dataset,
+    train,
+    weights,
+)
 
 from sparseinst_cli.engine.distributed import spawn
 
@@ -29,6 +37,15 @@ def test_two_spawned_processes_equal_one(data, single, tmp_path):
     two = train(data, tmp_path, gpus=2, overrides=STEPS)
     assert two.status == "finished" and two.iteration == 3
     assert_same_weights(weights(single), weights(two.last), atol=1e-5)
+
+
+def test_small_head_trains_the_same_on_two_processes(data, tmp_path):
+    """The stride-4 mask branch and the centre prior keep DDP equal to one process."""
+    steps = (*STEPS, *SMALL_HEAD)
+    one = train(data, tmp_path / "one", overrides=steps)
+    two = train(data, tmp_path / "two", gpus=2, overrides=steps)
+    assert_same_weights(weights(one.last), weights(two.last), atol=1e-5)
+    assert any("mask_spread" in k for k in weights(two.last))
 
 
 def test_torchrun_runs_the_same_entry_point(data, single, tmp_path):

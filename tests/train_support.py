@@ -41,6 +41,8 @@ TINY = [
     "solver.clip_grad_norm=0.0",
     "data.num_workers=0",
 ]
+# The small-object head of models/small.yaml, on the tiny model.
+SMALL_HEAD = ("model.decoder.mask_stride=4", "model.decoder.centre_prior=true")
 
 
 def make_dataset(root: Path, *, n_train: int = 8, n_val: int = 4, per_image: int = 2) -> Path:

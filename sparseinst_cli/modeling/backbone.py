@@ -18,12 +18,16 @@ NORMS = ("frozen_bn", "bn")
 
 
 class TimmBackbone(nn.Module):
-    """Wraps a timm model; `forward` returns the last three feature maps (strides 8, 16, 32).
+    """Wraps a timm model; `forward` returns its last feature map at each of `strides`
+    (8, 16, 32 for the encoder; 4, 8, 16, 32 when a fine mask branch also reads stride 4).
 
     `channels` and `strides` size the encoder, as timm's `feature_info` does.
     """
 
-    def __init__(self, *, name: str, norm: str = "frozen_bn", dcn_stages: list[int] = ()):
+    def __init__(
+        self, *, name: str, norm: str = "frozen_bn", dcn_stages: list[int] = (),
+        strides: tuple[int, ...] = (8, 16, 32),
+    ):
         super().__init__()
         if norm not in NORMS:
             raise UserError(f"backbone norm '{norm}' is not one of {', '.join(NORMS)}")
@@ -37,14 +41,15 @@ class TimmBackbone(nn.Module):
             raise UserError(
                 f"timm model '{name}' has no feature extraction (forward_intermediates)"
             )
-        info = [f for f in body.feature_info if f["reduction"] in (8, 16, 32)]
+        info = [f for f in body.feature_info if f["reduction"] in strides]
         # The last map at each of the three strides.
         by_stride = {f["reduction"]: i for i, f in enumerate(body.feature_info) if f in info}
-        if sorted(by_stride) != [8, 16, 32]:
-            raise UserError(f"backbone '{name}' lacks feature maps at strides 8, 16 and 32")
-        self.indices = [by_stride[s] for s in (8, 16, 32)]
+        if sorted(by_stride) != sorted(strides):
+            wanted = ", ".join(map(str, strides))
+            raise UserError(f"backbone '{name}' lacks feature maps at strides {wanted}")
+        self.indices = [by_stride[s] for s in strides]
         self.channels = [body.feature_info[i]["num_chs"] for i in self.indices]
-        self.strides = [8, 16, 32]
+        self.strides = list(strides)
         if dcn_stages:
             _make_deformable(body, dcn_stages)
         if norm == "frozen_bn":
@@ -53,7 +58,8 @@ class TimmBackbone(nn.Module):
         self.name = name
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """[B, 3, H, W] -> [res3 [B,C3,H/8,W/8], res4 [B,C4,H/16,W/16], res5 [B,C5,H/32,W/32]]."""
+        """[B, 3, H, W] -> [res3 [B,C3,H/8,W/8], res4 [B,C4,H/16,W/16], res5 [B,C5,H/32,W/32]],
+        preceded by res2 [B,C2,H/4,W/4] when stride 4 is asked for."""
         return self.body.forward_intermediates(x, indices=self.indices, intermediates_only=True)
 
 

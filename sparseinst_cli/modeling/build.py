@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 from ..config import ModelConfig
+from ..errors import UserError
 from .backbone import TimmBackbone
 from .decoder import IAMDecoder
 from .encoder import InstanceContextEncoder
 from .sparseinst import SparseInst
 
+MASK_STRIDES = (4, 8)
+
 
 def build_model(cfg: ModelConfig) -> SparseInst:
     """Build an untrained SparseInst from its model config (weights are loaded separately)."""
-    backbone = TimmBackbone(
-        name=cfg.backbone.name, norm=cfg.backbone.norm, dcn_stages=list(cfg.backbone.dcn_stages)
-    )
-    encoder = InstanceContextEncoder(in_channels=backbone.channels, channels=cfg.encoder.channels)
     d = cfg.decoder
+    if d.mask_stride not in MASK_STRIDES:
+        raise UserError(f"model.decoder.mask_stride must be 4 or 8, got {d.mask_stride}")
+    fine = d.mask_stride == 4
+    backbone = TimmBackbone(
+        name=cfg.backbone.name, norm=cfg.backbone.norm, dcn_stages=list(cfg.backbone.dcn_stages),
+        strides=(4, 8, 16, 32) if fine else (8, 16, 32),
+    )
+    encoder = InstanceContextEncoder(
+        in_channels=backbone.channels[-3:], channels=cfg.encoder.channels
+    )
     decoder = IAMDecoder(
         in_channels=cfg.encoder.channels,
         num_classes=cfg.num_classes,
@@ -28,6 +37,8 @@ def build_model(cfg: ModelConfig) -> SparseInst:
         mask_convs=d.mask_convs,
         kernel_dim=d.kernel_dim,
         scale_factor=d.scale_factor,
+        fine_channels=backbone.channels[0] if fine else 0,
+        centre_prior=d.centre_prior,
     )
     return SparseInst(
         backbone=backbone,

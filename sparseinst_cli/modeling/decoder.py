@@ -13,6 +13,9 @@ from .init import c2_msra_fill, c2_xavier_fill
 from .layers import is_plain_3x3
 
 DECODER_KINDS = ("iam", "giam", "giam_softmax")
+# Initial inverse squared spread of the location prior, per stride-8 cell: a mask logit falls
+# by 1 at 2.8 cells (22 px) from the instance's centre, before the kernels sharpen it.
+INITIAL_SPREAD = 0.125
 
 
 def conv_stack(num_convs: int, in_channels: int, channels: int) -> nn.Sequential:
@@ -37,6 +40,37 @@ def coordinate_features(x: torch.Tensor) -> torch.Tensor:
     return coords.to(x.dtype)
 
 
+def activation_centres(
+    maps: torch.Tensor, size: tuple[int, int], groups: int, num_masks: int
+) -> torch.Tensor:
+    """Centre of mass of each instance's activation maps, averaged over its groups.
+
+    maps: [B, groups*N, H*W], each summing to 1. Returns [B, N, 2] as (x, y) in cells.
+    """
+    h, w = size
+    ys = torch.arange(h, device=maps.device, dtype=maps.dtype)
+    xs = torch.arange(w, device=maps.device, dtype=maps.dtype)
+    grid = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], -1).reshape(-1, 2)
+    centres = maps @ grid  # [B, groups*N, 2]
+    return centres.reshape(maps.shape[0], groups, num_masks, 2).mean(1)
+
+
+def centre_penalty(
+    centres: torch.Tensor, spread: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """Location prior subtracted from the mask logits: spread * squared distance to the centre.
+
+    centres: [B, N, 2] (x, y in cells of `size`); spread: [B, N, 1] >= 0. Returns [B, N, H*W].
+    It lets a linear mask kernel, which sees the same features at every object alike, keep its
+    mask on its own object among many similar ones (what CondInst's relative coordinates do).
+    """
+    h, w = size
+    dx = torch.arange(w, device=centres.device, dtype=centres.dtype) - centres[..., :1]
+    dy = torch.arange(h, device=centres.device, dtype=centres.dtype) - centres[..., 1:]
+    dist2 = dy.square()[..., :, None] + dx.square()[..., None, :]  # [B, N, H, W]
+    return (spread[..., None] * dist2).flatten(2)
+
+
 class InstanceBranch(nn.Module):
     """Features -> per-instance class logits, mask kernels and objectness via activation maps."""
 
@@ -51,6 +85,7 @@ class InstanceBranch(nn.Module):
         dim: int,
         num_convs: int,
         kernel_dim: int,
+        centre_prior: bool,
     ):
         super().__init__()
         if kind not in DECODER_KINDS:
@@ -69,6 +104,12 @@ class InstanceBranch(nn.Module):
         self.cls_score = nn.Linear(head_dim, num_classes)
         self.mask_kernel = nn.Linear(head_dim, kernel_dim)
         self.objectness = nn.Linear(head_dim, 1)
+        # Location prior: each instance's width, as the inverse squared spread of its mask.
+        self.mask_spread: nn.Linear | None = None
+        if centre_prior:
+            self.mask_spread = nn.Linear(head_dim, 1)
+            nn.init.normal_(self.mask_spread.weight, std=0.01)
+            nn.init.constant_(self.mask_spread.bias, math.log(math.expm1(INITIAL_SPREAD)))
         prior_bias = -math.log((1 - 0.01) / 0.01)
         for module in (self.iam_conv, self.cls_score):
             nn.init.normal_(module.weight, std=0.01)
@@ -78,40 +119,72 @@ class InstanceBranch(nn.Module):
 
     def activation_maps(self, features: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> normalised activation maps [B, groups*N, H*W] (each sums to 1)."""
-        iam = self.iam_conv(features).flatten(2)
+        return self.normalise(self.iam_conv(features).flatten(2))
+
+    def normalise(self, iam: torch.Tensor) -> torch.Tensor:
+        """Raw maps [B, groups*N, H*W] -> each map sums to 1 (sigmoid or softmax)."""
         if self.kind == "giam_softmax":
             return F.softmax(iam + self.softmax_bias, dim=-1)
         prob = iam.sigmoid()
         return prob / prob.sum(-1, keepdim=True).clamp(min=1e-6)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """[B, C, H, W] -> logits [B,N,K], kernels [B,N,D], objectness [B,N,1]."""
+        """[B, C, H, W] -> logits [B,N,K], kernels [B,N,D], objectness [B,N,1]; with the
+        location prior also `pred_centres` [B,N,2] (x, y in cells) and `pred_spread` [B,N,1]."""
         features = self.inst_convs(features)
         maps = self.activation_maps(features)
+        extra = {}
+        if self.mask_spread is not None:
+            extra["pred_centres"] = activation_centres(
+                maps, features.shape[-2:], self.groups, self.num_masks
+            )
         inst = torch.bmm(maps, features.flatten(2).transpose(1, 2))  # [B, groups*N, C]
         if self.kind != "iam":
             b, n = inst.shape[0], self.num_masks
             # Instance i gathers map i of every group: [B,G,N,C] -> [B,N,G*C].
             inst = inst.reshape(b, self.groups, n, -1).transpose(1, 2).reshape(b, n, -1)
             inst = F.relu(self.fc(inst))
-        return {
+        out = {
             "pred_logits": self.cls_score(inst),
             "pred_kernels": self.mask_kernel(inst),
             "pred_scores": self.objectness(inst),
+            **extra,
         }
+        if self.mask_spread is not None:
+            out["pred_spread"] = F.softplus(self.mask_spread(inst))
+        return out
 
 
 class MaskBranch(nn.Module):
-    """Features -> mask embedding [B, kernel_dim, H, W]."""
+    """Features -> mask embedding [B, kernel_dim, H, W].
 
-    def __init__(self, *, in_channels: int, dim: int, num_convs: int, kernel_dim: int):
+    With `fine_channels`, the branch continues at stride 4: its stride-8 output is upsampled,
+    added to a 1x1 projection of the backbone's stride-4 map and refined by one 3x3 conv, so
+    masks of objects a few cells wide get a boundary of their own (a U-Net style skip).
+    """
+
+    def __init__(
+        self, *, in_channels: int, dim: int, num_convs: int, kernel_dim: int, fine_channels: int
+    ):
         super().__init__()
         self.mask_convs = conv_stack(num_convs, in_channels, dim)
+        self.fine_lateral: nn.Conv2d | None = None
+        if fine_channels:
+            self.fine_lateral = nn.Conv2d(fine_channels, dim, 1)
+            c2_msra_fill(self.fine_lateral)
+            self.fine_convs = conv_stack(1, dim, dim)
         self.projection = nn.Conv2d(dim, kernel_dim, 1)
         c2_msra_fill(self.projection)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.mask_convs(features))
+    def forward(self, features: torch.Tensor, fine: torch.Tensor | None = None) -> torch.Tensor:
+        """features [B, C, H/8, W/8] (+ fine [B, C4, H/4, W/4]) -> [B, D, H/8 or H/4, ...]."""
+        x = self.mask_convs(features)
+        if self.fine_lateral is not None:
+            if fine is None:
+                raise ValueError("this mask branch needs the backbone's stride-4 map")
+            x = F.interpolate(x, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+            x = self.fine_convs(x + self.fine_lateral(fine))
+        return self.projection(x)
 
 
 class IAMDecoder(nn.Module):
@@ -131,6 +204,8 @@ class IAMDecoder(nn.Module):
         mask_convs: int,
         kernel_dim: int,
         scale_factor: float,
+        fine_channels: int,
+        centre_prior: bool,
     ):
         super().__init__()
         self.scale_factor = scale_factor
@@ -145,26 +220,39 @@ class IAMDecoder(nn.Module):
             dim=inst_dim,
             num_convs=inst_convs,
             kernel_dim=kernel_dim,
+            centre_prior=centre_prior,
         )
         self.mask_branch = MaskBranch(
-            in_channels=in_channels + 2, dim=mask_dim, num_convs=mask_convs, kernel_dim=kernel_dim
+            in_channels=in_channels + 2, dim=mask_dim, num_convs=mask_convs, kernel_dim=kernel_dim,
+            fine_channels=fine_channels,
         )
 
-    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Returns pred_logits [B,N,K], pred_scores [B,N,1], pred_masks [B,N,H/4,W/4]."""
+    def forward(
+        self, features: torch.Tensor, fine: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """features [B, C, H/8, W/8] (+ the backbone's stride-4 map when the mask branch is
+        fine) -> pred_logits [B,N,K], pred_scores [B,N,1], pred_masks [B,N,H/4,W/4]."""
         features = torch.cat([coordinate_features(features), features], dim=1)
         inst_input = mask_input = features
         if self.first_convs is not None:
             inst_input, mask_input = self.first_convs(features)
         out = self.inst_branch(inst_input)
-        mask_features = self.mask_branch(mask_input)
+        mask_features = self.mask_branch(mask_input, fine)
         masks = torch.bmm(out.pop("pred_kernels"), mask_features.flatten(2))
+        if "pred_centres" in out:
+            # Centres are in stride-8 cells; stride-8 cell i lies at 2i + 0.5 in stride-4 cells.
+            ratio = mask_features.shape[-1] / features.shape[-1]
+            centres = out.pop("pred_centres") * ratio + (ratio - 1) / 2
+            spread = out.pop("pred_spread") / ratio**2
+            masks = masks - centre_penalty(centres, spread, mask_features.shape[-2:])
         # In fp32 even under autocast: post-processing and the losses read fp32, and a CPU
         # resizes bf16 more slowly than fp32.
         masks = masks.unflatten(2, mask_features.shape[-2:]).float()
-        out["pred_masks"] = F.interpolate(
-            masks, scale_factor=self.scale_factor, mode="bilinear", align_corners=False
-        )
+        if self.mask_branch.fine_lateral is None:  # a fine branch is at stride 4 already
+            masks = F.interpolate(
+                masks, scale_factor=self.scale_factor, mode="bilinear", align_corners=False
+            )
+        out["pred_masks"] = masks
         return out
 
 

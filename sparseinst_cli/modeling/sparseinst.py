@@ -54,4 +54,7 @@ class SparseInst(nn.Module):
         """images [B, 3, Hp, Wp] (Hp, Wp multiples of 32) -> dict of
         pred_logits [B,N,K], pred_scores [B,N,1], pred_masks [B,N,Hp/4,Wp/4] (all logits)."""
         x = (images - self.pixel_mean) / self.pixel_std
-        return self.decoder(self.encoder(self.backbone(x)))
+        features = self.backbone(x)
+        if len(features) == 4:  # strides 4, 8, 16, 32: the mask branch reads the stride-4 map
+            return self.decoder(self.encoder(features[1:]), features[0])
+        return self.decoder(self.encoder(features))
