@@ -13,12 +13,21 @@ from typing import Any
 import torch
 
 from ..checkpoint import is_ours, read_checkpoint
-from ..config import Config, config_from_dict, config_with_overrides, load_config, save_config
+from ..config import (
+    Config,
+    config_from_dict,
+    config_with_overrides,
+    load_config,
+    override_keys,
+    save_config,
+)
 from ..data.coco import CocoInstances
 from ..data.datasets import SplitSpec, resolve_split
+from ..data.stats import split_stats
 from ..errors import UserError
 from ..runtime import AMP_MODES, check_process_count, cpu_has_native_bf16, resolve_device
 from . import run_dir as files
+from .adapt import adapt_to_data
 from .distributed import under_torchrun
 from .schedule import schedule_of
 from .state import read_train_state
@@ -187,6 +196,9 @@ def prepare_new(options: TrainOptions, notice) -> TrainPlan:
                f"-> {len(ids)}")
         cfg.model.num_classes = len(ids)
     cfg.data.train = data
+    for message in adapt_to_data(cfg, split_stats(train.annotations),
+                                 override_keys(options.overrides)):
+        notice(message)
     run = files.new_run_dir(Path(options.project), options.name or "exp",
                             exist_ok=options.exist_ok)
     for stale in (files.METRICS, files.BEST, files.LAST, files.PLOT):

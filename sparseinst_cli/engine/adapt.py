@@ -1,0 +1,94 @@
+"""The training split shapes the config before a run: enough queries for its densest image,
+input sizes that keep small objects at their native size, a warning for objects too small for
+the mask stride. Pure functions of (config, statistics, what the user set); the choices are
+saved in the run's config.yaml, so eval and predict use them too.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..config import Config
+from ..data.stats import SplitStats
+
+QUERY_HEADROOM = 1.5  # queries per instance of the densest image
+QUERY_MULTIPLE = 8
+SMALL_OBJECT_SIZE = 32  # COCO "small": under 32 x 32 pixels
+TRAIN_SCALES = (0.875, 1.0, 1.125, 1.25)  # multi-scale training around the native size
+RESOLVABLE_CELLS = 2  # an object narrower than two mask cells has no boundary of its own
+
+
+def queries_for(max_instances: int) -> int:
+    """Query count for a densest image of `max_instances`: 1.5x, up to a multiple of 8."""
+    return QUERY_MULTIPLE * math.ceil(QUERY_HEADROOM * max_instances / QUERY_MULTIPLE)
+
+
+def adapt_to_data(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[str]:
+    """Adjust `cfg` in place for the split; returns one notice per change or warning.
+
+    `user_keys` are the dotted keys set on the command line (`model.decoder.num_masks`, ...):
+    those are kept as given.
+    """
+    if stats.num_images == 0:
+        return []
+    notices = _queries(cfg, stats, user_keys)
+    notices += _input_sizes(cfg, stats, user_keys)
+    notices += _mask_stride(cfg, stats)
+    return notices
+
+
+def _queries(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[str]:
+    decoder = cfg.model.decoder
+    densest = stats.max_instances
+    if densest <= decoder.num_masks:
+        return []
+    if "model.decoder.num_masks" in user_keys:
+        return [
+            f"warning: the densest training image has {densest} instances but "
+            f"model.decoder.num_masks={decoder.num_masks}: at most {decoder.num_masks} objects "
+            f"per image can be found (about {queries_for(densest)} would fit this data)"
+        ]
+    wanted = queries_for(densest)
+    message = (f"the densest training image has {densest} instances: model.decoder.num_masks "
+               f"{decoder.num_masks} -> {wanted}")
+    decoder.num_masks = wanted
+    cfg.test.max_detections = max(cfg.test.max_detections, wanted)
+    return [message]
+
+
+def _input_sizes(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[str]:
+    """Small objects: train and test at (around) the native size instead of shrinking."""
+    if not stats.median_object_size < SMALL_OBJECT_SIZE:
+        return []
+    if any(key.startswith("input.m") for key in user_keys):  # min_size_* / max_size_* given
+        return []
+    inputs = cfg.input
+    native = stats.median_short_side
+    if max(inputs.min_size_train) >= native and inputs.min_size_test >= native:
+        return []
+    inputs.min_size_train = [_round16(native * s) for s in TRAIN_SCALES]
+    inputs.min_size_test = _round16(native)
+    long_side = math.ceil(stats.max_long_side * TRAIN_SCALES[-1])
+    inputs.max_size_train = max(inputs.max_size_train, long_side)
+    inputs.max_size_test = max(inputs.max_size_test, long_side)
+    return [
+        f"objects are small (median {stats.median_object_size:.0f} px): inputs at their native "
+        f"size instead of shrinking them: input.min_size_train={inputs.min_size_train}, "
+        f"input.min_size_test={inputs.min_size_test}"
+    ]
+
+
+def _mask_stride(cfg: Config, stats: SplitStats) -> list[str]:
+    stride = cfg.model.decoder.mask_stride
+    if not stats.median_object_size < RESOLVABLE_CELLS * stride:
+        return []
+    hint = "" if stride == 4 else "; model.decoder.mask_stride=4 (the `small` config) resolves them"
+    return [
+        f"warning: most objects ({stats.median_object_size:.0f} px median) are narrower than "
+        f"{RESOLVABLE_CELLS} cells of the mask branch (stride {stride}): their masks will be "
+        f"coarse{hint}"
+    ]
+
+
+def _round16(x: float) -> int:
+    return max(32, 16 * round(x / 16))

@@ -1,0 +1,107 @@
+"""The training split shapes the config: queries, input sizes, mask-stride warning."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from train_support import TINY, Recorder, train
+
+from sparseinst_cli.config import load_config, override_keys
+from sparseinst_cli.data.crowded import make_crowded_dataset
+from sparseinst_cli.data.stats import SplitStats, split_stats
+from sparseinst_cli.engine.adapt import adapt_to_data, queries_for
+
+
+def stats(**kw) -> SplitStats:
+    base = dict(num_images=10, max_instances=3, mean_instances=2.0, median_object_size=80.0,
+                small_fraction=0.1, median_short_side=480.0, max_long_side=640)
+    return SplitStats(**{**base, **kw})
+
+
+def test_queries_for_gives_headroom_in_multiples_of_8():
+    assert [queries_for(n) for n in (1, 5, 8, 60, 87)] == [8, 8, 16, 96, 136]
+
+
+def test_denser_data_raises_num_masks_with_a_notice():
+    cfg = load_config("demo")
+    notices = adapt_to_data(cfg, stats(max_instances=60), set())
+    assert cfg.model.decoder.num_masks == 96 and cfg.test.max_detections == 100
+    assert any("60 instances" in n and "num_masks 8 -> 96" in n for n in notices)
+    cfg = load_config("demo")
+    assert adapt_to_data(cfg, stats(max_instances=8), set()) == []
+    assert cfg.model.decoder.num_masks == 8
+
+
+def test_an_explicit_small_num_masks_wins_with_a_warning():
+    overrides = ["model.decoder.num_masks=20"]
+    cfg = load_config("demo", overrides)
+    notices = adapt_to_data(cfg, stats(max_instances=60), override_keys(overrides))
+    assert cfg.model.decoder.num_masks == 20
+    assert len(notices) == 1 and notices[0].startswith("warning:") and "96" in notices[0]
+
+
+def test_small_objects_keep_their_native_size_unless_sizes_are_given():
+    cfg = load_config("demo")  # trains at 192-256, tests at 256
+    notices = adapt_to_data(cfg, stats(median_object_size=14.0, median_short_side=360.0,
+                                       max_long_side=400), set())
+    assert cfg.input.min_size_test == 352 and cfg.input.min_size_train == [320, 352, 400, 448]
+    assert cfg.input.max_size_test >= 500 and cfg.input.max_size_train >= 500
+    assert any("native" in n for n in notices)
+    assert any(n.startswith("warning:") and "mask_stride=4" in n for n in notices)
+    given = ["input.min_size_test=256"]
+    cfg = load_config("demo", given)
+    small = stats(median_object_size=14.0, median_short_side=360.0)
+    adapt_to_data(cfg, small, override_keys(given))
+    assert cfg.input.min_size_test == 256 and max(cfg.input.min_size_train) == 256
+    cfg = load_config("demo")  # large objects: the config's sizes stay
+    assert adapt_to_data(cfg, stats(median_short_side=360.0), set()) == []
+    assert cfg.input.min_size_test == 256
+
+
+def test_small_config_resolves_small_objects_without_the_stride_warning():
+    cfg = load_config("small")
+    notices = adapt_to_data(cfg, stats(median_object_size=14.0, median_short_side=360.0), set())
+    assert not any("mask_stride" in n for n in notices)
+
+
+def test_split_stats_reads_counts_sizes_and_skips_crowd(tmp_path):
+    anns = [{"id": i, "image_id": 1 + (i > 2), "area": 100.0 * (i + 1), "iscrowd": 0}
+            for i in range(4)]
+    anns.append({"id": 9, "image_id": 1, "area": 50.0, "iscrowd": 1})
+    images = [{"id": 1, "height": 300, "width": 400}, {"id": 2, "height": 500, "width": 200}]
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": []}))
+    s = split_stats(path)
+    assert (s.num_images, s.max_instances, s.mean_instances) == (2, 3, 2.0)
+    assert s.median_short_side == 250 and s.max_long_side == 500
+    assert s.median_object_size == pytest.approx((200**0.5 + 300**0.5) / 2)
+    assert s.small_fraction == 1.0
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    return make_crowded_dataset(tmp_path_factory.mktemp("crowded"), num_train=3, num_val=1)
+
+
+def _tiny_without(*prefixes: str) -> tuple[str, ...]:
+    return tuple(o for o in TINY if not o.startswith(prefixes)) + ("solver.max_iter=1",
+                                                                   "solver.steps=[]")
+
+
+def test_chosen_values_reach_config_yaml_and_the_notice(crowded, tmp_path):
+    rec = Recorder()
+    summary = train(crowded, tmp_path, base=_tiny_without("model.decoder.num_masks", "input.",
+                                                          "solver.max_iter", "solver.steps"),
+                    recorder=rec)
+    saved = yaml.safe_load((summary.run_dir / "config.yaml").read_text())
+    densest = split_stats(crowded.parent / "annotations" / "train.json").max_instances
+    assert saved["model"]["decoder"]["num_masks"] == queries_for(densest)
+    assert any(f"{densest} instances" in n for n in rec.notices)
+    assert saved["input"]["min_size_test"] > 256  # native size of the 320-400 px images
+    rec = Recorder()
+    summary = train(crowded, tmp_path, base=_tiny_without("solver.max_iter", "solver.steps"),
+                    recorder=rec)
+    saved = yaml.safe_load((summary.run_dir / "config.yaml").read_text())
+    assert saved["model"]["decoder"]["num_masks"] == 8
+    assert any(n.startswith("warning:") and "num_masks=8" in n for n in rec.notices)
