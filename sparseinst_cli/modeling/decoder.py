@@ -48,10 +48,12 @@ def activation_centres(
     maps: [B, groups*N, H*W], each summing to 1. Returns [B, N, 2] as (x, y) in cells.
     """
     h, w = size
-    ys = torch.arange(h, device=maps.device, dtype=maps.dtype)
-    xs = torch.arange(w, device=maps.device, dtype=maps.dtype)
+    ys = torch.arange(h, device=maps.device, dtype=torch.float32)
+    xs = torch.arange(w, device=maps.device, dtype=torch.float32)
     grid = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], -1).reshape(-1, 2)
-    centres = maps @ grid  # [B, groups*N, 2]
+    # fp32 under autocast: bf16 would round a centre 50 cells out by up to a quarter cell.
+    with torch.autocast(maps.device.type, enabled=False):
+        centres = maps.float() @ grid  # [B, groups*N, 2]
     return centres.reshape(maps.shape[0], groups, num_masks, 2).mean(1)
 
 
