@@ -208,9 +208,10 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def zoo_dir() -> Path:
-    """The model zoo folder: `$SPARSEINST_ZOO` or `models/` beside the package."""
+    """The model zoo folder: `$SPARSEINST_ZOO`, else the package's `zoo/` (in a checkout a link
+    to the top-level `models/`, in a wheel a copy of it)."""
     env = os.environ.get("SPARSEINST_ZOO")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "models"
+    return Path(env) if env else Path(__file__).parent / "zoo"
 
 
 def zoo_names() -> list[str]:
