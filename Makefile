@@ -19,10 +19,9 @@ test: install
 lint: install
 	$(BIN)/ruff check sparseinst_cli tests benchmarks
 
-# Regenerate the shell completion scripts from the app (tests/test_cli.py checks they are current).
+# Regenerate the shell completion scripts, each by its shell's generator (tests/test_cli.py checks).
 completions: install
-	for sh in bash zsh fish; do $(BIN)/sparseinst --show-completion $$sh > completions/sparseinst.$$sh; done
-	$(BIN)/sparseinst --show-completion powershell > completions/sparseinst.ps1
+	$(BIN)/python -m sparseinst_cli.cli.completion completions
 
 # The demo (11-13 minutes on 2 CPU cores, install included): generate the demo dataset
 # (datasets/demo), train models/demo.yaml on it for DEMO_MINUTES of training, evaluate it on the

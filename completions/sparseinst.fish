@@ -1,10 +1,1 @@
-_sparseinst_completion() {
-    local IFS=$'
-'
-    COMPREPLY=( $( env COMP_WORDS="${COMP_WORDS[*]}" \
-                   COMP_CWORD=$COMP_CWORD \
-                   _SPARSEINST_COMPLETE=complete_bash $1 ) )
-    return 0
-}
-
-complete -o default -F _sparseinst_completion sparseinst
+complete --command sparseinst --no-files --arguments "(env _SPARSEINST_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) sparseinst)" --condition "env _SPARSEINST_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) sparseinst"

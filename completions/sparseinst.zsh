@@ -1,10 +1,7 @@
+#compdef sparseinst
+
 _sparseinst_completion() {
-    local IFS=$'
-'
-    COMPREPLY=( $( env COMP_WORDS="${COMP_WORDS[*]}" \
-                   COMP_CWORD=$COMP_CWORD \
-                   _SPARSEINST_COMPLETE=complete_bash $1 ) )
-    return 0
+  eval $(env _TYPER_COMPLETE_ARGS="${words[1,$CURRENT]}" _SPARSEINST_COMPLETE=complete_zsh sparseinst)
 }
 
-complete -o default -F _sparseinst_completion sparseinst
+compdef _sparseinst_completion sparseinst

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -12,9 +16,9 @@ from cli_support import CLI
 
 from sparseinst_cli import __version__
 from sparseinst_cli.cli.app import app
+from sparseinst_cli.cli.completion import SHELL_FILES, completion_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SHELLS = {"bash": "bash", "zsh": "zsh", "fish": "fish", "powershell": "ps1"}
 
 
 def _walk(command: click.Command, path: str = "sparseinst"):
@@ -42,21 +46,44 @@ def test_commands_are_present():
     assert {"predict"} <= names
 
 
-@pytest.mark.parametrize("shell", sorted(SHELLS))
+@pytest.mark.parametrize("shell", sorted(SHELL_FILES))
 def test_completion_scripts_are_current(shell):
-    fresh = subprocess.run(
-        [*CLI, "--show-completion", shell], capture_output=True, text=True, check=True
-    )
-    stored = (ROOT / "completions" / f"sparseinst.{SHELLS[shell]}").read_text()
-    assert fresh.stdout == stored, "completions are stale: run `make completions`"
+    stored = (ROOT / "completions" / f"sparseinst.{SHELL_FILES[shell]}").read_text()
+    assert completion_script(shell) == stored, "completions are stale: run `make completions`"
 
 
-def test_bash_completion_registers():
-    script = ROOT / "completions" / "sparseinst.bash"
-    out = subprocess.run(
-        ["bash", "-c", f"source {script}; complete -p sparseinst"], capture_output=True, text=True
-    )
-    assert out.returncode == 0 and "sparseinst" in out.stdout
+@pytest.mark.parametrize(("shell", "mark"), [
+    ("bash", r"complete -o \w+ -F _sparseinst_completion sparseinst"),
+    ("zsh", r"^#compdef sparseinst$.*^compdef _sparseinst_completion sparseinst$"),
+    ("fish", r"^complete (-c|--command) sparseinst "),
+    ("powershell", r"Register-ArgumentCompleter -Native -CommandName sparseinst"),
+])
+def test_each_completion_script_is_written_for_its_shell(shell, mark):
+    script = (ROOT / "completions" / f"sparseinst.{SHELL_FILES[shell]}").read_text()
+    assert re.search(mark, script, re.MULTILINE | re.DOTALL)
+    assert ("COMPREPLY" in script) == (shell == "bash")
+
+
+def _complete_in(shell: str, line: str) -> list[str]:
+    """Candidates that the installed completion script offers for `line` in `shell`."""
+    script = ROOT / "completions" / f"sparseinst.{SHELL_FILES[shell]}"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    words = line.split()
+    if shell == "bash":
+        cmd = ["bash", "-c", f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; "
+               "_sparseinst_completion sparseinst; printf '%s\\n' \"${COMPREPLY[@]}\""]
+    else:  # fish: the registered completion, asked for the command line
+        cmd = ["fish", "-c", f"source {script}; complete -C '{line}'"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    return [w.split()[0] for w in out.stdout.splitlines() if w.strip()]
+
+
+@pytest.mark.parametrize("shell", ["bash", "fish"])
+def test_completion_completes_a_command(shell):
+    if shutil.which(shell) is None or shutil.which("sparseinst", path=str(
+            Path(sys.executable).parent)) is None:
+        pytest.skip(f"{shell} or the sparseinst script is not installed here")
+    assert _complete_in(shell, "sparseinst tr") == ["train"]
 
 
 def test_version():
