@@ -27,7 +27,8 @@ class BackboneConfig:
     dcn_stages: list[int] = field(
         default_factory=list
     )  # ResNet stages with DCN 3x3: [4, 5] = res4, res5
-    weights: str | None = None  # optional ImageNet backbone checkpoint (local file)
+    weights: str | None = None  # optional ImageNet backbone: a file, a timm tag or `imagenet`
+    pretrained: str | None = None  # the timm tag that `imagenet` fetches (the paper's weights)
 
 
 @dataclass

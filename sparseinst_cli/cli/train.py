@@ -150,8 +150,9 @@ def train(
     data: DataOpt = None,
     weights: WeightsOpt = None,
     backbone_weights: Annotated[Path | None, typer.Option(
-        "--backbone-weights", help="ImageNet backbone checkpoint (torchvision/timm .pth, "
-        "detectron2 .pkl), e.g. resnet50.pth.")] = None,
+        "--backbone-weights", help="ImageNet backbone: a checkpoint (torchvision/timm .pth, "
+        "detectron2 .pkl), `imagenet` (the config's tag) or a timm tag such as "
+        "resnet50.tv_in1k, downloaded once into the Hugging Face cache.")] = None,
     gpus: GpusOpt = 1,
     batch: BatchOpt = None,
     iters: Annotated[int | None, typer.Option(

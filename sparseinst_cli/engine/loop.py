@@ -98,7 +98,7 @@ class TrainLoop:
     # ----------------------------------------------------------------- weights and state
 
     def _load_start_weights(self, model: torch.nn.Module) -> None:
-        backbone = self.plan.backbone_weights or self.cfg.model.backbone.weights
+        backbone = self.plan.backbone_weights  # resolved by the plan (file, tag or config)
         if backbone:
             report = load_backbone_weights(model.backbone.body, backbone)
             if self.ctx.is_main and not report.clean:

@@ -25,6 +25,7 @@ from ..data.coco import CocoInstances
 from ..data.datasets import SplitSpec, resolve_split
 from ..data.stats import split_stats
 from ..errors import UserError
+from ..pretrained import resolve_backbone_weights
 from ..runtime import AMP_MODES, check_process_count, cpu_has_native_bf16, resolve_device
 from . import run_dir as files
 from .adapt import adapt_to_data
@@ -185,10 +186,11 @@ def prepare_new(options: TrainOptions, notice) -> TrainPlan:
     if amp != cfg.solver.amp:
         notice(f"amp {cfg.solver.amp}: training in {amp} on this {kind}")
         cfg.solver.amp = amp
-    for path, flag in ((options.weights, "--weights"), (options.backbone_weights,
-                                                        "--backbone-weights")):
-        if path is not None and not Path(path).is_file():
-            raise UserError(f"{flag} {path}: file not found")
+    if options.weights is not None and not Path(options.weights).is_file():
+        raise UserError(f"--weights {options.weights}: file not found")
+    backbone = options.backbone_weights or cfg.model.backbone.weights
+    if backbone is not None:  # a file, or a tag fetched (or found in the cache) now, once
+        backbone = str(resolve_backbone_weights(backbone, cfg.model.backbone.pretrained))
     train, val = resolve_splits(data, notice)
     names, ids, n_train, n_val = read_classes(train, val, cfg.data.filter_empty)
     if cfg.model.num_classes != len(ids):
@@ -210,7 +212,7 @@ def prepare_new(options: TrainOptions, notice) -> TrainPlan:
         val_images=n_val, class_names=names, category_ids=ids, world_size=options.gpus,
         device_type=kind, device=device, workers=_workers(options, cfg),
         eval_batch=max(1, cfg.solver.batch_size // options.gpus),
-        weights=options.weights, backbone_weights=options.backbone_weights,
+        weights=options.weights, backbone_weights=backbone,
         time_seconds=options.time_minutes * 60 if options.time_minutes else None,
         stop_after=options.stop_after,
     )
