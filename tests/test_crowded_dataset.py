@@ -1,12 +1,12 @@
 """The synthetic crowded-nuclei dataset: deterministic, crowded, small, loadable."""
 
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from file_support import tree_digest
 from pycocotools import mask as mask_util
 
 from sparseinst_cli.data.coco import CocoInstances, CocoTrainDataset, load_coco_json
@@ -16,10 +16,6 @@ from sparseinst_cli.data.transforms import TransformConfig
 
 SMALL = {"num_train": 6, "num_val": 2}
 
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from file_support import tree_digest
 
 from sparseinst_cli.data.coco import CocoInstances, CocoTrainDataset
 from sparseinst_cli.data.datasets import resolve_split
@@ -14,10 +15,6 @@ from sparseinst_cli.data.transforms import TransformConfig
 
 SMALL = {"num_train": 12, "num_val": 4, "image_size": (96, 128)}
 
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,14 @@
 """benchmarks/real_nuclei.py on a made-up stand-in of the stardist files (nothing downloaded)."""
 
-import importlib.util
 import json
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
+from file_support import load_benchmark
 from PIL import Image
 
 from sparseinst_cli.data.coco import load_coco_json
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_nuclei.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("real_nuclei", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def fake_wheel(path: Path, rn) -> Path:
@@ -38,7 +27,7 @@ def fake_wheel(path: Path, rn) -> Path:
 
 
 def test_tiles_left_half_to_train_right_half_to_val(tmp_path):
-    rn = load_script()
+    rn = load_benchmark("real_nuclei")
     wheel = fake_wheel(tmp_path / "stardist-0-py3-none-any.whl", rn)
     data = rn.make_real_nuclei(wheel, tmp_path / "real")
     digest = {p: p.read_bytes() for p in (tmp_path / "real").rglob("*") if p.is_file()}

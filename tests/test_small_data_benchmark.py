@@ -1,22 +1,10 @@
 """benchmarks/small_data.py: snapshots are taken once per time mark, of a saved iteration."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "small_data.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("small_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+from file_support import load_benchmark
 
 
 def test_snapshot_per_time_mark(tmp_path, monkeypatch):
-    sd = load_script()
+    sd = load_benchmark("small_data")
     clock = [100.0]
     monkeypatch.setattr(sd.time, "monotonic", lambda: clock[0])
     snaps = sd.Snapshots(every_s=10.0, period=5)

@@ -1,28 +1,17 @@
 """benchmarks/watershed_baseline.py: its COCO results file is scored by `sparseinst eval`."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
+from file_support import load_benchmark
 
 from sparseinst_cli.cli.app import main
 from sparseinst_cli.data.crowded import make_crowded_dataset
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "watershed_baseline.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("watershed_baseline", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_flood_splits_two_touching_discs():
-    ws = load_script()
+    ws = load_benchmark("watershed_baseline")
     yy, xx = np.mgrid[:40, :60]
     gray = np.zeros((40, 60), np.uint8)
     gray[((yy - 20) ** 2 + (xx - 20) ** 2 < 121) | ((yy - 20) ** 2 + (xx - 39) ** 2 < 121)] = 200
@@ -34,7 +23,7 @@ def test_flood_splits_two_touching_discs():
 def test_results_scored_by_eval(tmp_path, monkeypatch, capsys):
     data = make_crowded_dataset(tmp_path / "crowded", num_train=1, num_val=2)
     out = tmp_path / "ws" / "results.json"
-    load_script().main(["--data", str(data), "--out", str(out)])
+    load_benchmark("watershed_baseline").main(["--data", str(data), "--out", str(out)])
     results = json.loads(out.read_text())
     assert results and {r["category_id"] for r in results} == {1}
     assert all(0 <= r["score"] <= 1 and r["image_id"] in (1, 2) for r in results)
