@@ -17,7 +17,6 @@ from sparseinst_cli.data.transforms import TransformConfig
 SMALL = {"num_train": 6, "num_val": 2}
 
 
-
 @pytest.fixture(scope="module")
 def crowded_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("crowded")
