@@ -53,6 +53,9 @@ class DecoderConfig:
     # Mask logits fall with the squared distance to the instance's activation centre, at a
     # per-instance rate: keeps masks apart among many similar small objects (not official)
     centre_prior: bool = False
+    # Each instance's activation map is held near a learned anchor point of the image, so maps
+    # find one object each in crowded images of alike objects (not official)
+    query_anchors: bool = False
 
 
 @dataclass
@@ -106,10 +109,19 @@ class LossConfig:
     mask_bce_weight: float = 5.0
     dice_weight: float = 2.0
     objectness_weight: float = 1.0
+    # > 0: each matched instance's activation maps are taught to put their mass on its object
+    # (-log of the mass inside its mask); 0: official, the maps learn only through the masks
+    iam_weight: float = 0.0
+    # Target masks to the prediction's stride: bilinear (official) | area (each cell's covered
+    # fraction; for objects a few cells wide, whose bilinear targets shift by up to a cell)
+    target_resize: str = "bilinear"
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     matcher_alpha: float = 0.8  # dice exponent
     matcher_beta: float = 0.2  # class-probability exponent
+    # With query anchors, > 0: the cost is also multiplied by exp(-d^2)^matcher_anchor, d the
+    # target's distance from the instance's anchor in anchor widths (0: official cost)
+    matcher_anchor: float = 0.0
 
 
 @dataclass

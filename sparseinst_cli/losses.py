@@ -15,6 +15,8 @@ from sparseinst_cli.matcher import DICE_EPS, HungarianMatcher, resize_target_mas
 
 IOU_PRED_THRESHOLD = 0.4
 IOU_GT_THRESHOLD = 0.5
+# Caps the activation-mass loss of a map with nothing on its object at -log(1e-4) = 9.2.
+ACTIVATION_MASS_EPS = 1e-4
 
 
 def sigmoid_focal_loss(
@@ -67,6 +69,16 @@ def mask_iou(pred_probs: Tensor, gt: Tensor) -> Tensor:
     return intersection / (union + 1e-6)
 
 
+def activation_mass_loss(maps: Tensor, targets: Tensor) -> Tensor:
+    """-log of the activation mass inside each instance's mask, mean over its groups, summed.
+
+    maps: [T, G, P] activation maps of the matched instances, each summing to 1;
+    targets: [T, P] their masks in [0, 1] at the maps' resolution. Returns a scalar.
+    """
+    mass = (maps * targets[:, None]).sum(-1)
+    return -(mass + ACTIVATION_MASS_EPS).log().mean(-1).sum()
+
+
 def average_num_instances(count: int, device: torch.device | str) -> float:
     """Loss normaliser: the batch's target count averaged over processes, at least 1.
 
@@ -113,6 +125,8 @@ class SparseInstCriterion(nn.Module):
         mask_bce_weight: float,
         dice_weight: float,
         objectness_weight: float,
+        iam_weight: float,
+        target_resize: str,
         focal_alpha: float,
         focal_gamma: float,
     ) -> None:
@@ -123,6 +137,8 @@ class SparseInstCriterion(nn.Module):
         self.mask_bce_weight = mask_bce_weight
         self.dice_weight = dice_weight
         self.objectness_weight = objectness_weight
+        self.iam_weight = iam_weight
+        self.target_resize = target_resize
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
@@ -147,7 +163,10 @@ class SparseInstCriterion(nn.Module):
         device = pred_masks.device
         size = (pred_masks.shape[-2], pred_masks.shape[-1])
         with torch.autocast(device_type=device.type, enabled=False):
-            tgt_masks = [resize_target_masks(t["masks"].to(device), size) for t in targets]
+            tgt_masks = [
+                resize_target_masks(t["masks"].to(device), size, self.target_resize)
+                for t in targets
+            ]
             tgt_labels = [t["labels"].to(device=device, dtype=torch.int64) for t in targets]
             indices = self.matcher(outputs, tgt_masks, tgt_labels)
             num_instances = average_num_instances(sum(len(lab) for lab in tgt_labels), device)
@@ -162,7 +181,33 @@ class SparseInstCriterion(nn.Module):
             losses.update(
                 self._loss_masks(outputs, batch_idx, query_idx, matched_gt, num_instances)
             )
+            if self.iam_weight > 0:
+                losses["loss_iam"] = self._loss_iam(
+                    outputs["pred_iam"], tgt_masks, tgt_labels, indices, batch_idx, query_idx,
+                    num_instances,
+                )
         return losses
+
+    def _loss_iam(
+        self,
+        maps: Tensor,
+        tgt_masks: list[Tensor],
+        tgt_labels: list[Tensor],
+        indices: list[tuple[Tensor, Tensor]],
+        batch_idx: Tensor,
+        query_idx: Tensor,
+        num_instances: float,
+    ) -> Tensor:
+        """Activation-map mass loss of the matched instances; maps [B, G, N, h, w], target
+        masks at the mask prediction's (finer) size, resized from there: far fewer pixels."""
+        h, w = maps.shape[-2:]
+        maps = maps.float().flatten(3)
+        if batch_idx.numel() == 0:
+            return maps.sum() * 0.0
+        matched = maps[batch_idx, :, query_idx]  # [T, G, h*w]
+        small = [resize_target_masks(m, (h, w), self.target_resize) for m in tgt_masks]
+        _, gt = _matched_targets(tgt_labels, small, indices)
+        return self.iam_weight * activation_mass_loss(matched, gt) / num_instances
 
     def _loss_cls(
         self,

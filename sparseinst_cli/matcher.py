@@ -19,19 +19,53 @@ DICE_EPS = 1e-4
 """Added to the dice denominator, in the matching cost and in the dice loss."""
 
 
-def resize_target_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
+TARGET_RESIZE_MODES = ("bilinear", "area")
+
+
+def resize_target_masks(masks: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
     """Resize ground-truth masks to the prediction resolution.
 
     masks: [M, Hp, Wp] bool/uint8/float, already padded to the batch's input size.
-    Returns float32 [M, h, w], bilinear with ``align_corners=False`` (values in [0, 1]).
+    Returns float32 [M, h, w] in [0, 1]. "bilinear" (``align_corners=False``, official) samples
+    each cell near its centre; "area" gives the fraction of each cell the object covers, which
+    keeps the boundary of an object only a few cells wide where it is.
     """
+    if mode not in TARGET_RESIZE_MODES:
+        modes = ", ".join(TARGET_RESIZE_MODES)
+        raise UserError(f"mask target resize must be one of {modes}, got {mode!r}")
     h, w = size
-    masks = masks.float()
     if masks.shape[0] == 0:
-        return masks.new_zeros((0, h, w))
+        return masks.new_zeros((0, h, w), dtype=torch.float32)
     if tuple(masks.shape[-2:]) == (h, w):
-        return masks
+        return masks.float()
+    if mode == "area":
+        return _area_resize(masks, (h, w))
+    masks = masks.float()
     return F.interpolate(masks[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+
+
+def _area_resize(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """Area resize of [M, H, W] masks; by a whole factor each instance's box alone is pooled, so
+    many small objects in a large image cost their own area, not M full images."""
+    (h, w), (height, width) = size, masks.shape[-2:]
+    if height % h or width % w or masks.dtype != torch.bool:
+        return F.interpolate(masks[:, None].float(), size=(h, w), mode="area")[:, 0]
+    fy, fx = height // h, width // w
+    out = masks.new_zeros((masks.shape[0], h, w), dtype=torch.float32)
+    # Each instance's box in output cells, from its occupied rows and columns (one pass each).
+    rows, cols = masks.any(2), masks.any(1)
+    present = rows.any(1).tolist()
+    top = rows.float().argmax(1).div(fy, rounding_mode="floor").tolist()
+    bottom = (height - rows.flip(1).float().argmax(1) - 1).div(fy, rounding_mode="floor").tolist()
+    left = cols.float().argmax(1).div(fx, rounding_mode="floor").tolist()
+    right = (width - cols.flip(1).float().argmax(1) - 1).div(fx, rounding_mode="floor").tolist()
+    for i, keep in enumerate(present):
+        if not keep:
+            continue
+        y0, y1, x0, x1 = top[i], bottom[i] + 1, left[i], right[i] + 1
+        crop = masks[i, y0 * fy : y1 * fy, x0 * fx : x1 * fx].float()
+        out[i, y0:y1, x0:x1] = crop.view(y1 - y0, fy, x1 - x0, fx).mean((1, 3))
+    return out
 
 
 def pairwise_dice(pred_probs: Tensor, gt: Tensor) -> Tensor:
@@ -68,6 +102,21 @@ def matching_cost(
         return dice.pow(alpha) * class_prob.pow(beta)
 
 
+def anchor_affinity(anchors: Tensor, tgt_masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """exp(-d^2), d: distance from each instance's anchor to each target's centre of mass, in
+    the anchor's widths. anchors: [N, 3] (x, y in [0, 1], log width); tgt_masks: [M, h*w].
+    Returns [N, M] in (0, 1]."""
+    h, w = size
+    xs = (torch.arange(w, device=tgt_masks.device, dtype=torch.float32) + 0.5) / w
+    ys = (torch.arange(h, device=tgt_masks.device, dtype=torch.float32) + 0.5) / h
+    grid = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], -1).reshape(-1, 2)
+    masses = tgt_masks.float()
+    centres = masses @ grid / masses.sum(-1, keepdim=True).clamp(min=1e-6)  # [M, 2]
+    anchors = anchors.float()
+    offsets = (anchors[:, None, :2] - centres[None]) * torch.exp(-anchors[:, None, 2:])
+    return torch.exp(-offsets.square().sum(-1))
+
+
 def _check_labels(target_labels: list[Tensor], num_classes: int) -> None:
     """Raise ``UserError`` if a label lies outside 0..num_classes-1 (the model cannot score it)."""
     labels = torch.cat([lab.reshape(-1) for lab in target_labels])
@@ -90,10 +139,14 @@ def _empty_match() -> tuple[Tensor, Tensor]:
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of predictions to targets per image (no learnable parameters)."""
 
-    def __init__(self, *, alpha: float, beta: float) -> None:
+    def __init__(self, *, alpha: float, beta: float, anchor_power: float = 0.0) -> None:
         super().__init__()
         self.alpha = alpha
         self.beta = beta
+        # > 0 with query anchors: the cost also favours the instance whose anchor is nearest
+        # the target, so which of two alike candidates owns an object stays the same from one
+        # step to the next and the class head can learn it.
+        self.anchor_power = anchor_power
 
     @torch.no_grad()
     def forward(
@@ -135,6 +188,12 @@ class HungarianMatcher(nn.Module):
             )
             for b in range(batch)
         ]
+        if self.anchor_power > 0 and "pred_anchors" in outputs:
+            size = tuple(pred_masks.shape[-2:])
+            costs = [
+                cost * anchor_affinity(anchors, masks.flatten(1), size).pow(self.anchor_power)
+                for cost, anchors, masks in zip(costs, outputs["pred_anchors"], target_masks)
+            ]
         # One device-to-host copy for the whole batch: [N, sum(M_i)].
         all_costs = torch.cat(costs, dim=1).cpu()
         if not torch.isfinite(all_costs).all():

@@ -28,7 +28,8 @@ def sigmoid(x: float) -> float:
 
 # The official loss weights and focal parameters, which the hand-worked values below assume.
 OFFICIAL = {"class_weight": 2.0, "mask_bce_weight": 5.0, "dice_weight": 2.0,
-            "objectness_weight": 1.0, "focal_alpha": 0.25, "focal_gamma": 2.0}
+            "objectness_weight": 1.0, "iam_weight": 0.0, "target_resize": "bilinear",
+            "focal_alpha": 0.25, "focal_gamma": 2.0}
 
 
 def make_criterion(num_classes: int, **weights: float) -> SparseInstCriterion:

@@ -161,3 +161,29 @@ def test_resize_target_masks_bilinear() -> None:
     expected = torch.tensor([[[0.5, 0.0], [0.5, 0.0]]])
     torch.testing.assert_close(resize_target_masks(edge, (2, 2)), expected)
     assert resize_target_masks(torch.zeros(0, 8, 8, dtype=torch.bool), (2, 2)).shape == (0, 2, 2)
+
+
+def test_resize_target_masks_area_keeps_the_covered_fraction() -> None:
+    """A 3-pixel-wide bar at stride 4: bilinear samples see 1/2 or nothing, area sees 3/4."""
+    masks = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    masks[0, :, 1:4] = 1
+    bilinear = resize_target_masks(masks, (2, 2))
+    area = resize_target_masks(masks, (2, 2), "area")
+    torch.testing.assert_close(area, torch.tensor([[[0.75, 0.0], [0.75, 0.0]]]))
+    assert area.sum() == masks.sum() / 16 and bilinear.sum() != area.sum()
+    with pytest.raises(UserError, match="bilinear, area"):
+        resize_target_masks(masks, (2, 2), "nearest")
+
+
+def test_area_resize_of_boxes_equals_pooling_the_whole_masks() -> None:
+    """The per-box path (bool masks, whole factors) against torch's area pooling."""
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.rand(6, 64, 96, generator=generator) > 0.5
+    masks[:, :, :40] = False  # boxes of different sizes and places, one empty mask
+    masks[1, :30] = False
+    masks[2] = False
+    masks[3, :, 90:] = True
+    expected = torch.nn.functional.interpolate(masks[:, None].float(), size=(16, 24), mode="area")
+    torch.testing.assert_close(resize_target_masks(masks, (16, 24), "area"), expected[:, 0])
+    torch.testing.assert_close(resize_target_masks(masks, (8, 12), "area"),
+                               resize_target_masks(masks.float(), (8, 12), "area"))

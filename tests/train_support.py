@@ -41,8 +41,10 @@ TINY = [
     "solver.clip_grad_norm=0.0",
     "data.num_workers=0",
 ]
-# The small-object head of models/small.yaml, on the tiny model.
-SMALL_HEAD = ("model.decoder.mask_stride=4", "model.decoder.centre_prior=true")
+# What models/small.yaml adds to the demo model (head and losses), on the tiny model.
+SMALL_HEAD = ("model.decoder.mask_stride=4", "model.decoder.centre_prior=true",
+              "model.decoder.query_anchors=true", "loss.iam_weight=0.5", "loss.matcher_anchor=1.0",
+              "loss.target_resize=area")
 
 
 def make_dataset(root: Path, *, n_train: int = 8, n_val: int = 4, per_image: int = 2) -> Path:

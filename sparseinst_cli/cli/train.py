@@ -24,7 +24,8 @@ from .console import console, err_console, info, state
 from .options import BatchOpt, ConfigOpt, DataOpt, GpusOpt, OverridesArg, WeightsOpt
 from .tables import ap_table, per_class_table, print_table
 
-SHORT = {"loss_cls": "cls", "loss_mask_bce": "bce", "loss_dice": "dice", "loss_objectness": "obj"}
+SHORT = {"loss_cls": "cls", "loss_mask_bce": "bce", "loss_dice": "dice", "loss_objectness": "obj",
+         "loss_iam": "iam"}
 
 
 def loss_text(losses: dict[str, float], lr: float) -> str:
@@ -159,7 +160,7 @@ def train(
         "--iters", help="Iterations; the lr schedule is scaled to them, e.g. 2000.")] = None,
     time: Annotated[float | None, typer.Option(
         "--time", help="Minutes of training instead of --iters; the schedule is fitted to the "
-        "speed measured on the first iterations, e.g. 8.")] = None,
+        "speed measured over the first tenth of it, e.g. 8.")] = None,
     name: Annotated[str | None, typer.Option(
         "--name", help="Run folder under --project (exp, exp2, ... by default).")] = None,
     project: Annotated[Path, typer.Option(

@@ -38,14 +38,16 @@ class GroupKey:
 def param_groups(model: nn.Module, solver: SolverConfig) -> list[dict]:
     """Trainable parameters in up to four groups, each with `lr`, `base_lr`, `weight_decay`, `name`.
 
-    Normalisation weights and biases get `weight_decay_norm`; every other parameter (biases
+    Normalisation weights and biases (and parameters of modules with a true `no_weight_decay`
+    attribute) get `weight_decay_norm`; every other parameter (biases
     included, as detectron2's default) gets `weight_decay`. Parameters under `backbone.` get
     `lr * backbone_lr_multiplier`. A parameter shared by several modules is counted once.
     """
     grouped: dict[GroupKey, list[nn.Parameter]] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
-        norm = is_norm(module)
+        # Modules that declare `no_weight_decay` (learned positions) are treated as norms are.
+        norm = is_norm(module) or getattr(module, "no_weight_decay", False)
         backbone = module_name == "backbone" or module_name.startswith("backbone.")
         for param in module.parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:

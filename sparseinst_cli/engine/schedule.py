@@ -95,8 +95,10 @@ class TimeBudget:
     seconds: float
     skip: int = 2
     min_iters: int = 5
-    window_fraction: float = 0.03
-    max_window: float = 30.0
+    # A tenth of the budget: multi-scale batches vary 2x in cost and each new input shape is
+    # slow the first time, so a short window under-counted runs by up to a third.
+    window_fraction: float = 0.1
+    max_window: float = 120.0
     started: float = field(default_factory=time.monotonic)
     _mark: tuple[int, float] | None = None
 

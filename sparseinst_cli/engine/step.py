@@ -27,10 +27,13 @@ from .schedule import LRController, schedule_of
 def build_criterion(cfg: Config) -> SparseInstCriterion:
     loss = cfg.loss
     return SparseInstCriterion(
-        matcher=HungarianMatcher(alpha=loss.matcher_alpha, beta=loss.matcher_beta),
+        matcher=HungarianMatcher(
+            alpha=loss.matcher_alpha, beta=loss.matcher_beta, anchor_power=loss.matcher_anchor
+        ),
         num_classes=cfg.model.num_classes, class_weight=loss.class_weight,
         mask_bce_weight=loss.mask_bce_weight, dice_weight=loss.dice_weight,
-        objectness_weight=loss.objectness_weight, focal_alpha=loss.focal_alpha,
+        objectness_weight=loss.objectness_weight, iam_weight=loss.iam_weight,
+        target_resize=loss.target_resize, focal_alpha=loss.focal_alpha,
         focal_gamma=loss.focal_gamma,
     )
 
@@ -110,7 +113,10 @@ class Stepper:
         self, losses: dict[str, float], total: torch.Tensor | None, stop: bool, budget_iters: int
     ) -> dict[str, Any]:
         """All-reduce [non-finite, stop, budget, losses...]; averages the losses for display."""
+        # The same keys on every process (the all-reduce needs one layout), from the config.
         keys = ["loss_cls", "loss_mask_bce", "loss_dice", "loss_objectness"]
+        if self.criterion.iam_weight > 0:
+            keys.append("loss_iam")
         finite = total is not None and bool(torch.isfinite(total.detach()))
         values = [0.0 if finite else 1.0, float(stop), float(budget_iters)]
         values += [losses.get(k, 0.0) if finite else 0.0 for k in keys]

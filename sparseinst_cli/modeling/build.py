@@ -39,6 +39,7 @@ def build_model(cfg: ModelConfig) -> SparseInst:
         scale_factor=d.scale_factor,
         fine_channels=backbone.channels[0] if fine else 0,
         centre_prior=d.centre_prior,
+        query_anchors=d.query_anchors,
     )
     return SparseInst(
         backbone=backbone,

@@ -73,6 +73,57 @@ def centre_penalty(
     return (spread[..., None] * dist2).flatten(2)
 
 
+def halton_points(count: int) -> torch.Tensor:
+    """[count, 2] points spread evenly over the unit square for any count (Halton sequence,
+    bases 2 and 3; a grid would leave a ragged last row)."""
+
+    def radical_inverse(i: int, base: int) -> float:
+        value, scale = 0.0, 1.0 / base
+        while i:
+            i, digit = divmod(i, base)
+            value += digit * scale
+            scale /= base
+        return value
+
+    points = [[radical_inverse(i, 2), radical_inverse(i, 3)] for i in range(1, count + 1)]
+    return torch.tensor(points)
+
+
+class QueryAnchors(nn.Module):
+    """A learned anchor point and width per instance, in the unit square of the feature map.
+
+    Subtracting `penalty` from the raw activation logits keeps instance i's map around its
+    anchor (Anchor DETR's idea, for activation maps): among many alike objects each map settles
+    on a near one instead of spreading over all. Anchors start evenly spread, widths at their
+    spacing.
+    """
+
+    # Positions and widths: weight decay would pull every anchor into the image's corner.
+    no_weight_decay = True
+
+    def __init__(self, count: int):
+        super().__init__()
+        self.points = nn.Parameter(halton_points(count))
+        self.log_width = nn.Parameter(torch.full((count,), -0.5 * math.log(count)))
+
+    def penalty(self, size: tuple[int, int]) -> torch.Tensor:
+        """[N, H*W] fp32: squared distance of each cell centre to the anchor over its width^2."""
+        h, w = size
+        device = self.points.device
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+        points = self.points.float()
+        dx, dy = xs - points[:, :1], ys - points[:, 1:]  # [N, W], [N, H]
+        dist2 = dy.square()[:, :, None] + dx.square()[:, None, :]
+        return (dist2 * torch.exp(-2 * self.log_width.float())[:, None, None]).flatten(1)
+
+    def offsets(self, centres: torch.Tensor) -> torch.Tensor:
+        """centres [B, N, 2] (x, y in [0, 1]) -> [B, N, 3]: (dx, dy, dx^2 + dy^2) from each
+        instance's anchor, in its widths: how far from home its map found an object."""
+        offset = (centres - self.points.float()) * torch.exp(-self.log_width.float())[:, None]
+        return torch.cat([offset, offset.square().sum(-1, keepdim=True)], -1)
+
+
 class InstanceBranch(nn.Module):
     """Features -> per-instance class logits, mask kernels and objectness via activation maps."""
 
@@ -88,6 +139,7 @@ class InstanceBranch(nn.Module):
         num_convs: int,
         kernel_dim: int,
         centre_prior: bool,
+        query_anchors: bool,
     ):
         super().__init__()
         if kind not in DECODER_KINDS:
@@ -112,6 +164,13 @@ class InstanceBranch(nn.Module):
             self.mask_spread = nn.Linear(head_dim, 1)
             nn.init.normal_(self.mask_spread.weight, std=0.01)
             nn.init.constant_(self.mask_spread.bias, math.log(math.expm1(INITIAL_SPREAD)))
+        self.anchors = QueryAnchors(num_masks) if query_anchors else None
+        if query_anchors:
+            # Where its object lies from its anchor lets an instance tell whether the object
+            # is its own or a neighbour's, which one-to-one matching asks it to learn.
+            self.offset_embed = nn.Linear(3, head_dim)
+            nn.init.zeros_(self.offset_embed.weight)
+            nn.init.zeros_(self.offset_embed.bias)
         prior_bias = -math.log((1 - 0.01) / 0.01)
         for module in (self.iam_conv, self.cls_score):
             nn.init.normal_(module.weight, std=0.01)
@@ -121,7 +180,10 @@ class InstanceBranch(nn.Module):
 
     def activation_maps(self, features: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> normalised activation maps [B, groups*N, H*W] (each sums to 1)."""
-        return self.normalise(self.iam_conv(features).flatten(2))
+        iam = self.iam_conv(features).flatten(2)
+        if self.anchors is not None:  # channels are group-major: repeat the N priors per group
+            iam = iam - self.anchors.penalty(features.shape[-2:]).repeat(self.groups, 1)
+        return self.normalise(iam)
 
     def normalise(self, iam: torch.Tensor) -> torch.Tensor:
         """Raw maps [B, groups*N, H*W] -> each map sums to 1 (sigmoid or softmax)."""
@@ -132,20 +194,30 @@ class InstanceBranch(nn.Module):
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """[B, C, H, W] -> logits [B,N,K], kernels [B,N,D], objectness [B,N,1]; with the
-        location prior also `pred_centres` [B,N,2] (x, y in cells) and `pred_spread` [B,N,1]."""
+        location prior also `pred_centres` [B,N,2] (x, y in cells) and `pred_spread` [B,N,1];
+        in training also the maps `pred_iam` [B,G,N,H,W] (a view) and, with query anchors,
+        `pred_anchors` [B,N,3] (x, y, log width; detached) for the losses and the matcher."""
         features = self.inst_convs(features)
         maps = self.activation_maps(features)
         extra = {}
-        if self.mask_spread is not None:
-            extra["pred_centres"] = activation_centres(
-                maps, features.shape[-2:], self.groups, self.num_masks
-            )
+        if self.mask_spread is not None or self.anchors is not None:
+            centres = activation_centres(maps, features.shape[-2:], self.groups, self.num_masks)
         inst = torch.bmm(maps, features.flatten(2).transpose(1, 2))  # [B, groups*N, C]
         if self.kind != "iam":
             b, n = inst.shape[0], self.num_masks
             # Instance i gathers map i of every group: [B,G,N,C] -> [B,N,G*C].
             inst = inst.reshape(b, self.groups, n, -1).transpose(1, 2).reshape(b, n, -1)
             inst = F.relu(self.fc(inst))
+        if self.anchors is not None:
+            h, w = features.shape[-2:]
+            unit_centres = (centres + 0.5) / centres.new_tensor([w, h])  # in [0, 1]
+            inst = inst + self.offset_embed(self.anchors.offsets(unit_centres)).to(inst.dtype)
+        if self.training and self.anchors is not None:  # for the matcher
+            anchors = torch.cat([self.anchors.points, self.anchors.log_width[:, None]], -1)
+            extra["pred_anchors"] = anchors.detach()[None].expand(inst.shape[0], -1, -1)
+        if self.training:  # for the activation-map loss, when the recipe has one
+            extra["pred_iam"] = maps.unflatten(1, (self.groups, self.num_masks))  # [B, G, N, h*w]
+            extra["pred_iam"] = extra["pred_iam"].unflatten(3, features.shape[-2:])
         out = {
             "pred_logits": self.cls_score(inst),
             "pred_kernels": self.mask_kernel(inst),
@@ -153,6 +225,7 @@ class InstanceBranch(nn.Module):
             **extra,
         }
         if self.mask_spread is not None:
+            out["pred_centres"] = centres
             out["pred_spread"] = F.softplus(self.mask_spread(inst))
         return out
 
@@ -208,6 +281,7 @@ class IAMDecoder(nn.Module):
         scale_factor: float,
         fine_channels: int,
         centre_prior: bool,
+        query_anchors: bool,
     ):
         super().__init__()
         self.scale_factor = scale_factor
@@ -223,6 +297,7 @@ class IAMDecoder(nn.Module):
             num_convs=inst_convs,
             kernel_dim=kernel_dim,
             centre_prior=centre_prior,
+            query_anchors=query_anchors,
         )
         self.mask_branch = MaskBranch(
             in_channels=in_channels + 2, dim=mask_dim, num_convs=mask_convs, kernel_dim=kernel_dim,
