@@ -11,7 +11,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sparseinst_cli.matcher import DICE_EPS, HungarianMatcher, resize_target_masks
+from sparseinst_cli.errors import UserError
+from sparseinst_cli.matcher import (
+    DICE_EPS,
+    TARGET_RESIZE_MODES,
+    HungarianMatcher,
+    resize_target_masks,
+)
 
 IOU_PRED_THRESHOLD = 0.4
 IOU_GT_THRESHOLD = 0.5
@@ -131,6 +137,9 @@ class SparseInstCriterion(nn.Module):
         focal_gamma: float,
     ) -> None:
         super().__init__()
+        if target_resize not in TARGET_RESIZE_MODES:  # before training starts, not at step 1
+            modes = ", ".join(TARGET_RESIZE_MODES)
+            raise UserError(f"loss.target_resize must be one of {modes}, got {target_resize!r}")
         self.matcher = matcher
         self.num_classes = num_classes
         self.class_weight = class_weight

@@ -139,7 +139,7 @@ def _empty_match() -> tuple[Tensor, Tensor]:
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of predictions to targets per image (no learnable parameters)."""
 
-    def __init__(self, *, alpha: float, beta: float, anchor_power: float = 0.0) -> None:
+    def __init__(self, *, alpha: float, beta: float, anchor_power: float) -> None:
         super().__init__()
         self.alpha = alpha
         self.beta = beta

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sparseinst_cli import losses
+from sparseinst_cli.errors import UserError
 from sparseinst_cli.losses import (
     SparseInstCriterion,
     average_num_instances,
@@ -33,7 +34,7 @@ OFFICIAL = {"class_weight": 2.0, "mask_bce_weight": 5.0, "dice_weight": 2.0,
 
 
 def make_criterion(num_classes: int, **weights: float) -> SparseInstCriterion:
-    return SparseInstCriterion(matcher=HungarianMatcher(alpha=0.8, beta=0.2),
+    return SparseInstCriterion(matcher=HungarianMatcher(alpha=0.8, beta=0.2, anchor_power=0.0),
                                num_classes=num_classes, **{**OFFICIAL, **weights})
 
 
@@ -211,3 +212,8 @@ def test_criterion_rejects_wrong_class_count() -> None:
     outputs = _random_outputs(1, 4, 3, 32, 32)
     with pytest.raises(ValueError, match="classes"):
         make_criterion(5)(outputs, _random_targets([1], 3, 32, 32))
+
+
+def test_unknown_target_resize_is_refused_when_the_criterion_is_built() -> None:
+    with pytest.raises(UserError, match="loss.target_resize must be one of bilinear, area"):
+        make_criterion(2, target_resize="nearest")

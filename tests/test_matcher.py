@@ -10,6 +10,8 @@ import torch
 from sparseinst_cli.errors import RunError, UserError
 from sparseinst_cli.matcher import HungarianMatcher, matching_cost, resize_target_masks
 
+OFFICIAL_MATCHER = HungarianMatcher(alpha=0.8, beta=0.2, anchor_power=0.0)
+
 EPS = 1e-4
 BIG = 30.0  # sigmoid(30) == 1.0 in float32, sigmoid(-30) ~ 1e-13
 
@@ -59,7 +61,7 @@ def test_matching_cost_powers_are_arguments() -> None:
 def test_matcher_finds_the_optimal_not_the_greedy_assignment() -> None:
     pred_logits, pred_masks, tgt_labels, tgt_masks = _hand_case()
     outputs = {"pred_logits": pred_logits[None], "pred_masks": pred_masks.view(1, 3, 2, 2)}
-    matcher = HungarianMatcher(alpha=0.8, beta=0.2)
+    matcher = OFFICIAL_MATCHER
     [(pred_idx, tgt_idx)] = matcher(outputs, [tgt_masks.view(2, 2, 2)], [tgt_labels])
     # Greedy would take A->0 (the largest entry) and then C->1; the optimum is A->1, B->0.
     assert pred_idx.tolist() == [0, 1]
@@ -83,7 +85,7 @@ def _random_batch(
 def test_batched_matching_equals_per_image_matching() -> None:
     sizes = [2, 0, 3, 5]
     outputs, masks, labels = _random_batch(sizes)
-    matcher = HungarianMatcher(alpha=0.8, beta=0.2)
+    matcher = OFFICIAL_MATCHER
     batched = matcher(outputs, masks, labels)
     for b in range(len(sizes)):
         single = {key: value[b : b + 1] for key, value in outputs.items()}
@@ -114,14 +116,14 @@ def test_concatenated_cost_blocks_equal_per_image_costs() -> None:
 
 def test_images_without_targets_give_empty_indices() -> None:
     outputs, masks, labels = _random_batch([0, 0])
-    for pred_idx, tgt_idx in HungarianMatcher(alpha=0.8, beta=0.2)(outputs, masks, labels):
+    for pred_idx, tgt_idx in OFFICIAL_MATCHER(outputs, masks, labels):
         assert pred_idx.numel() == 0 and tgt_idx.numel() == 0
         assert pred_idx.dtype == torch.int64 and tgt_idx.dtype == torch.int64
 
 
 def test_more_targets_than_predictions_matches_every_prediction() -> None:
     outputs, masks, labels = _random_batch([7], n=3)
-    [(pred_idx, tgt_idx)] = HungarianMatcher(alpha=0.8, beta=0.2)(outputs, masks, labels)
+    [(pred_idx, tgt_idx)] = OFFICIAL_MATCHER(outputs, masks, labels)
     assert pred_idx.tolist() == [0, 1, 2]
     assert len(set(tgt_idx.tolist())) == 3
 
@@ -131,14 +133,14 @@ def test_non_finite_cost_raises_run_error(key: str) -> None:
     outputs, masks, labels = _random_batch([2])
     outputs[key][0, 1] = float("nan")  # (+-Inf logits still give a finite cost)
     with pytest.raises(RunError, match="non-finite matching cost"):
-        HungarianMatcher(alpha=0.8, beta=0.2)(outputs, masks, labels)
+        OFFICIAL_MATCHER(outputs, masks, labels)
 
 
 def test_label_outside_num_classes_raises_user_error() -> None:
     outputs, masks, labels = _random_batch([2], k=4)
     labels[0][1] = 4
     with pytest.raises(UserError, match="num_classes"):
-        HungarianMatcher(alpha=0.8, beta=0.2)(outputs, masks, labels)
+        OFFICIAL_MATCHER(outputs, masks, labels)
 
 
 def test_matching_cost_ignores_autocast() -> None:
