@@ -11,6 +11,7 @@ from sparseinst_cli.config import load_config
 from sparseinst_cli.engine.optim import param_groups
 from sparseinst_cli.engine.step import build_criterion
 from sparseinst_cli.losses import activation_mass_loss
+from sparseinst_cli.matcher import HungarianMatcher, anchor_affinity, resize_target_masks
 from sparseinst_cli.modeling.build import build_model
 from sparseinst_cli.modeling.decoder import QueryAnchors, activation_centres, halton_points
 
@@ -92,8 +93,6 @@ def test_criterion_adds_the_activation_loss_of_the_matched_instances():
     criterion = build_criterion(cfg)
     losses = criterion(outputs, targets)
     # By hand: the matcher's pairs, the maps of those instances, the masks at the maps' size.
-    from sparseinst_cli.matcher import resize_target_masks
-
     size = outputs["pred_masks"].shape[-2:]
     resized = resize_target_masks(masks, size, "area")
     (src, tgt), = criterion.matcher(outputs, [resized], [targets[0]["labels"]])
@@ -145,8 +144,6 @@ def test_crowded_head_is_batch_independent_and_keeps_official_keys_absent():
 
 
 def test_anchor_affinity_favours_the_nearest_anchor_by_its_width():
-    from sparseinst_cli.matcher import anchor_affinity
-
     masks = torch.zeros(1, 4, 8)
     masks[0, 1:3, 1:3] = 1.0  # centre of mass at cell (1.5, 1.5): (0.25, 0.5) of the map
     anchors = torch.tensor([[0.25, 0.5, math.log(0.1)], [0.75, 0.5, math.log(0.25)],
@@ -157,8 +154,6 @@ def test_anchor_affinity_favours_the_nearest_anchor_by_its_width():
 
 
 def test_matcher_with_anchors_gives_an_object_to_the_nearer_of_two_equal_candidates():
-    from sparseinst_cli.matcher import HungarianMatcher
-
     masks = torch.zeros(1, 4, 8)
     masks[0, 1:3, 5:7] = 1.0
     outputs = {
