@@ -56,6 +56,9 @@ class DecoderConfig:
     # Each instance's activation map is held near a learned anchor point of the image, so maps
     # find one object each in crowded images of alike objects (not official)
     query_anchors: bool = False
+    # Anchors on the peaks of a predicted centre heatmap (one instance per peak, following each
+    # image's objects) instead of learned points shared by all images (not official)
+    peak_anchors: bool = False
 
 
 @dataclass
@@ -115,6 +118,8 @@ class LossConfig:
     # Target masks to the prediction's stride: bilinear (official) | area (each cell's covered
     # fraction; for objects a few cells wide, whose bilinear targets shift by up to a cell)
     target_resize: str = "bilinear"
+    # > 0 (needs model.decoder.peak_anchors): CenterNet's focal loss of the centre heatmap
+    centre_weight: float = 0.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     matcher_alpha: float = 0.8  # dice exponent

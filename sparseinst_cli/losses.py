@@ -85,6 +85,40 @@ def activation_mass_loss(maps: Tensor, targets: Tensor) -> Tensor:
     return -(mass + ACTIVATION_MASS_EPS).log().mean(-1).sum()
 
 
+def centre_targets(masks: Tensor) -> Tensor:
+    """[M, h, w] instance masks in [0, 1] -> [h, w] centre heatmap (CenterNet's): per object a
+    Gaussian around its centre of mass, sigma a quarter of its diameter (at least half a cell),
+    exactly 1 at the cell nearest that centre; the maximum over objects."""
+    h, w = masks.shape[-2:]
+    mass = masks.flatten(1).sum(-1)
+    masks, mass = masks[mass > 0], mass[mass > 0]
+    if masks.shape[0] == 0:
+        return masks.new_zeros((h, w))
+    ys = torch.arange(h, device=masks.device, dtype=torch.float32)
+    xs = torch.arange(w, device=masks.device, dtype=torch.float32)
+    cy = masks.sum(2) @ ys / mass
+    cx = masks.sum(1) @ xs / mass
+    sigma2 = (mass.sqrt() / 4).clamp(min=0.5).square()
+    dist2 = (ys - cy[:, None]).square()[:, :, None] + (xs - cx[:, None]).square()[:, None, :]
+    heat = torch.exp(-dist2 / (2 * sigma2[:, None, None]))
+    iy, ix = cy.round().long().clamp(0, h - 1), cx.round().long().clamp(0, w - 1)
+    heat[torch.arange(len(mass), device=masks.device), iy, ix] = 1.0
+    return heat.amax(0)
+
+
+def centre_focal_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """CenterNet's penalty-reduced focal loss of centre heatmaps, over the number of centres.
+
+    logits, targets: [B, 1, h, w]; targets are 1 at centres and Gaussian around them.
+    """
+    centres = targets == 1
+    log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
+    prob = logits.sigmoid()
+    positive = ((1 - prob).square() * log_p)[centres].sum()
+    negative = ((1 - targets).pow(4) * prob.square() * log_not_p)[~centres].sum()
+    return -(positive + negative) / centres.sum().clamp(min=1)
+
+
 def average_num_instances(count: int, device: torch.device | str) -> float:
     """Loss normaliser: the batch's target count averaged over processes, at least 1.
 
@@ -133,6 +167,7 @@ class SparseInstCriterion(nn.Module):
         objectness_weight: float,
         iam_weight: float,
         target_resize: str,
+        centre_weight: float = 0.0,
         focal_alpha: float,
         focal_gamma: float,
     ) -> None:
@@ -147,6 +182,7 @@ class SparseInstCriterion(nn.Module):
         self.dice_weight = dice_weight
         self.objectness_weight = objectness_weight
         self.iam_weight = iam_weight
+        self.centre_weight = centre_weight
         self.target_resize = target_resize
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
@@ -195,7 +231,20 @@ class SparseInstCriterion(nn.Module):
                     outputs["pred_iam"], tgt_masks, tgt_labels, indices, batch_idx, query_idx,
                     num_instances,
                 )
+            if self.centre_weight > 0:
+                losses["loss_centre"] = self._loss_centre(outputs["pred_centre_map"], tgt_masks)
         return losses
+
+    def _loss_centre(self, logits: Tensor, tgt_masks: list[Tensor]) -> Tensor:
+        """Centre heatmap loss; logits [B, 1, h, w] at the mask branch's stride (the targets
+        are at stride 4: resized when the branch ends at stride 8)."""
+        size = logits.shape[-2:]
+        targets = torch.stack([
+            centre_targets(m if m.shape[-2:] == size
+                           else resize_target_masks(m, size, self.target_resize))
+            for m in tgt_masks
+        ])
+        return self.centre_weight * centre_focal_loss(logits.float(), targets[:, None])
 
     def _loss_iam(
         self,

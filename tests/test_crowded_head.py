@@ -1,5 +1,5 @@
 """The crowded-scene parts of the small config: query anchors (with the matcher's anchor term)
-and the activation-map loss."""
+and the activation-map loss. Peak anchors and the dense heads: tests/test_dense_heads.py."""
 from __future__ import annotations
 
 import math
@@ -13,10 +13,17 @@ from sparseinst_cli.engine.step import build_criterion
 from sparseinst_cli.losses import activation_mass_loss
 from sparseinst_cli.matcher import HungarianMatcher, anchor_affinity, resize_target_masks
 from sparseinst_cli.modeling.build import build_model
-from sparseinst_cli.modeling.decoder import QueryAnchors, activation_centres, halton_points
+from sparseinst_cli.modeling.decoder import (
+    QueryAnchors,
+    activation_centres,
+    anchor_offsets,
+    anchor_penalty,
+    halton_points,
+)
 
+# Learned anchors instead of the small config's peak anchors.
 CROWDED = ["model.decoder.num_masks=16", "model.num_classes=1", "model.decoder.query_anchors=true",
-           "loss.iam_weight=0.5"]
+           "model.decoder.peak_anchors=false", "loss.centre_weight=0", "loss.iam_weight=0.5"]
 
 
 def test_halton_points_spread_evenly_over_the_unit_square():
@@ -33,7 +40,7 @@ def test_anchor_penalty_is_squared_distance_over_width_squared():
     with torch.no_grad():
         anchors.points.copy_(torch.tensor([[0.5, 0.5], [0.0, 1.0]]))
         anchors.log_width.copy_(torch.tensor([math.log(0.5), math.log(0.25)]))
-    penalty = anchors.penalty((2, 4)).reshape(2, 2, 4)
+    penalty = anchor_penalty(anchors.points, anchors.log_width, (2, 4)).reshape(2, 2, 4)
     xs = (torch.arange(4.0) + 0.5) / 4
     ys = (torch.arange(2.0) + 0.5) / 2
     dist2 = [(ys[:, None] - y) ** 2 + (xs[None, :] - x) ** 2 for x, y in ((0.5, 0.5), (0.0, 1.0))]
@@ -51,11 +58,13 @@ def test_anchors_hold_each_activation_map_around_its_anchor():
         branch.anchors.points.copy_(torch.tensor([[0.5, 0.5], [0.25, 0.75]]).repeat(8, 1))
         branch.anchors.log_width.fill_(math.log(0.1))
         h, w = 16, 16
-        maps = branch.activation_maps(torch.zeros(1, branch.iam_conv.in_channels, h, w))
+        features = torch.zeros(1, branch.iam_conv.in_channels, h, w)
+        maps = branch.activation_maps(features, branch.anchor_points(1, (h, w), None))
     centres = activation_centres(maps, (h, w), branch.groups, branch.num_masks)[0]
     expected = torch.tensor([[0.5, 0.5], [0.25, 0.75]]).repeat(8, 1) * 16 - 0.5  # in cells
     torch.testing.assert_close(centres, expected, atol=0.05, rtol=0)
-    prior = torch.sigmoid(branch.iam_conv.bias[0] - branch.anchors.penalty((h, w))[0])
+    penalty = anchor_penalty(branch.anchors.points, branch.anchors.log_width, (h, w))
+    prior = torch.sigmoid(branch.iam_conv.bias[0] - penalty[0])
     torch.testing.assert_close(maps[0, 0], prior / prior.sum())
 
 
@@ -113,7 +122,8 @@ def test_offsets_measure_the_object_from_the_anchor_in_widths():
         anchors.log_width.copy_(torch.tensor([math.log(0.1), math.log(0.2)]))
     centres = torch.tensor([[[0.6, 0.3], [0.2, 0.4]]])
     expected = torch.tensor([[[1.0, -2.0, 5.0], [0.0, 0.0, 0.0]]])
-    torch.testing.assert_close(anchors.offsets(centres), expected)
+    points, log_width = anchors(1)
+    torch.testing.assert_close(anchor_offsets(centres, points, log_width), expected)
 
 
 def test_offset_embedding_starts_at_zero_and_learns():

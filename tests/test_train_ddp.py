@@ -40,14 +40,14 @@ def test_two_spawned_processes_equal_one(data, single, tmp_path):
 
 
 def test_small_head_trains_the_same_on_two_processes(data, tmp_path):
-    """The small config's head and losses (stride-4 masks, centre prior, query anchors, the
-    activation-map loss and the anchor-aware matcher) keep DDP equal to one process."""
+    """The small config's head and losses (stride-4 masks, centre prior, peak anchors with their
+    centre heatmap loss, the anchor-aware matcher) keep DDP equal to one process."""
     steps = (*STEPS, *SMALL_HEAD)
     one = train(data, tmp_path / "one", overrides=steps)
     two = train(data, tmp_path / "two", gpus=2, overrides=steps)
     assert_same_weights(weights(one.last), weights(two.last), atol=1e-5)
     assert any("mask_spread" in k for k in weights(two.last))
-    assert any("anchors.points" in k for k in weights(two.last))
+    assert any("centre_head" in k for k in weights(two.last))
 
 
 def test_torchrun_runs_the_same_entry_point(data, single, tmp_path):

@@ -43,8 +43,8 @@ TINY = [
 ]
 # What models/small.yaml adds to the demo model (head and losses), on the tiny model.
 SMALL_HEAD = ("model.decoder.mask_stride=4", "model.decoder.centre_prior=true",
-              "model.decoder.query_anchors=true", "loss.iam_weight=0.5", "loss.matcher_anchor=1.0",
-              "loss.target_resize=area")
+              "model.decoder.peak_anchors=true", "loss.centre_weight=1.0",
+              "loss.matcher_anchor=1.0", "loss.target_resize=area")
 
 
 def make_dataset(root: Path, *, n_train: int = 8, n_val: int = 4, per_image: int = 2) -> Path:

@@ -25,7 +25,7 @@ from .options import BatchOpt, ConfigOpt, DataOpt, GpusOpt, OverridesArg, Weight
 from .tables import ap_table, per_class_table, print_table
 
 SHORT = {"loss_cls": "cls", "loss_mask_bce": "bce", "loss_dice": "dice", "loss_objectness": "obj",
-         "loss_iam": "iam"}
+         "loss_iam": "iam", "loss_centre": "centre"}
 
 
 def loss_text(losses: dict[str, float], lr: float) -> str:

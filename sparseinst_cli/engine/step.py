@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config
+from ..errors import UserError
 from ..losses import SparseInstCriterion
 from ..matcher import HungarianMatcher
 from ..preprocess import pad_batch
@@ -26,6 +27,14 @@ from .schedule import LRController, schedule_of
 
 def build_criterion(cfg: Config) -> SparseInstCriterion:
     loss = cfg.loss
+    peaks = cfg.model.decoder.peak_anchors
+    if loss.centre_weight > 0 and not peaks:
+        raise UserError(
+            "loss.centre_weight > 0 needs the centre heatmap: model.decoder.peak_anchors=true"
+        )
+    if peaks and loss.centre_weight <= 0:  # its peaks carry no gradient: only this loss trains it
+        raise UserError("model.decoder.peak_anchors needs loss.centre_weight > 0 to train its "
+                        "centre heatmap")
     return SparseInstCriterion(
         matcher=HungarianMatcher(
             alpha=loss.matcher_alpha, beta=loss.matcher_beta, anchor_power=loss.matcher_anchor
@@ -33,8 +42,8 @@ def build_criterion(cfg: Config) -> SparseInstCriterion:
         num_classes=cfg.model.num_classes, class_weight=loss.class_weight,
         mask_bce_weight=loss.mask_bce_weight, dice_weight=loss.dice_weight,
         objectness_weight=loss.objectness_weight, iam_weight=loss.iam_weight,
-        target_resize=loss.target_resize, focal_alpha=loss.focal_alpha,
-        focal_gamma=loss.focal_gamma,
+        target_resize=loss.target_resize, centre_weight=loss.centre_weight,
+        focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma,
     )
 
 
@@ -117,6 +126,8 @@ class Stepper:
         keys = ["loss_cls", "loss_mask_bce", "loss_dice", "loss_objectness"]
         if self.criterion.iam_weight > 0:
             keys.append("loss_iam")
+        if self.criterion.centre_weight > 0:
+            keys.append("loss_centre")
         finite = total is not None and bool(torch.isfinite(total.detach()))
         values = [0.0 if finite else 1.0, float(stop), float(budget_iters)]
         values += [losses.get(k, 0.0) if finite else 0.0 for k in keys]

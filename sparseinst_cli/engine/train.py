@@ -10,12 +10,12 @@ sends the plan to the others.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 import torch
 
 from ..errors import RunError, UserError
+from ..runtime import available_cpus
 from .callbacks import CallbacksFactory, TrainCallbacks, TrainSummary, no_callbacks
 from .distributed import (
     DistContext,
@@ -72,9 +72,9 @@ def train_worker(
 
 
 def _set_threads(plan: TrainPlan) -> None:
-    """CPU processes share the cores; each takes its part."""
+    """CPU processes share the cores this run may use (its affinity mask); each takes its part."""
     if plan.device_type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // plan.world_size))
+        torch.set_num_threads(max(1, available_cpus() // plan.world_size))
 
 
 def _run_under_torchrun(options: TrainOptions, callbacks: CallbacksFactory) -> TrainSummary:

@@ -17,6 +17,9 @@ def build_model(cfg: ModelConfig) -> SparseInst:
     d = cfg.decoder
     if d.mask_stride not in MASK_STRIDES:
         raise UserError(f"model.decoder.mask_stride must be 4 or 8, got {d.mask_stride}")
+    if d.query_anchors and d.peak_anchors:
+        raise UserError("model.decoder.query_anchors (learned points) and peak_anchors (heatmap "
+                        "peaks) are two kinds of anchors: set one of them false")
     fine = d.mask_stride == 4
     backbone = TimmBackbone(
         name=cfg.backbone.name, norm=cfg.backbone.norm, dcn_stages=list(cfg.backbone.dcn_stages),
@@ -40,6 +43,7 @@ def build_model(cfg: ModelConfig) -> SparseInst:
         fine_channels=backbone.channels[0] if fine else 0,
         centre_prior=d.centre_prior,
         query_anchors=d.query_anchors,
+        peak_anchors=d.peak_anchors,
     )
     return SparseInst(
         backbone=backbone,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,10 @@ DECODER_KINDS = ("iam", "giam", "giam_softmax")
 # Initial inverse squared spread of the location prior, per stride-8 cell: a mask logit falls
 # by 1 at 2.8 cells (22 px) from the instance's centre, before the kernels sharpen it.
 INITIAL_SPREAD = 0.125
+# Initial width of peak anchors, in stride-8 cells: about a small object's radius.
+PEAK_WIDTH_CELLS = 1.5
+# Subtracted from the centre logits of cells that are not local maxima: they rank after all.
+NOT_A_PEAK = 1e4
 
 
 def conv_stack(num_convs: int, in_channels: int, channels: int) -> nn.Sequential:
@@ -89,6 +94,82 @@ def halton_points(count: int) -> torch.Tensor:
     return torch.tensor(points)
 
 
+def anchor_penalty(
+    points: torch.Tensor, log_width: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """Squared distance of each cell centre to each anchor over the anchor's width^2, fp32.
+
+    points: [..., N, 2] (x, y in [0, 1] of the map); log_width: [..., N] (log of the width in
+    the same unit). Returns [..., N, H*W].
+    """
+    h, w = size
+    xs = (torch.arange(w, device=points.device, dtype=torch.float32) + 0.5) / w
+    ys = (torch.arange(h, device=points.device, dtype=torch.float32) + 0.5) / h
+    points = points.float()
+    dx, dy = xs - points[..., :1], ys - points[..., 1:]  # [..., N, W], [..., N, H]
+    dist2 = dy.square()[..., :, None] + dx.square()[..., None, :]
+    return (dist2 * torch.exp(-2 * log_width.float())[..., None, None]).flatten(-2)
+
+
+def anchor_offsets(
+    centres: torch.Tensor, points: torch.Tensor, log_width: torch.Tensor
+) -> torch.Tensor:
+    """centres, points [B, N, 2] (x, y in [0, 1]), log_width [B, N] -> [B, N, 3]: (dx, dy,
+    dx^2 + dy^2) of each map's centre from its anchor, in widths: how far from home its map
+    found an object."""
+    offset = (centres - points.float()) * torch.exp(-log_width.float())[..., None]
+    return torch.cat([offset, offset.square().sum(-1, keepdim=True)], -1)
+
+
+@torch.no_grad()
+def heatmap_peaks(logits: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` highest local maxima (3x3) of centre heatmaps as anchor points, in raster order.
+
+    logits: [B, 1, H, W]. Returns [B, count, 2]: (x, y) cell centres in [0, 1]. Other cells rank
+    after all maxima, so a map with fewer objects than `count` still yields `count` distinct
+    points (CenterNet's peak extraction, no NMS). Raster order, not score order: a near tie
+    between two peaks, which another runtime may break the other way, does not reorder them.
+    """
+    b, _, h, w = logits.shape
+    if count > h * w:
+        raise UserError(f"the input is too small for {count} instances on peak anchors: their "
+                        f"heatmap has {h}x{w} cells; use a larger input or fewer num_masks")
+    logits = logits.float()
+    is_peak = logits == F.max_pool2d(logits, 3, stride=1, padding=1)
+    ranked = torch.where(is_peak, logits, logits - NOT_A_PEAK).flatten(1)
+    index = ranked.topk(count, dim=1).indices.sort(dim=1).values  # [B, count]
+    xs = ((index % w).float() + 0.5) / w
+    ys = (index.div(w, rounding_mode="floor").float() + 0.5) / h
+    return torch.stack([xs, ys], -1)
+
+
+class PeakAnchors(nn.Module):
+    """Anchors placed on the peaks of a predicted centre heatmap, one instance per peak.
+
+    Learned anchor points are the same for every image, so where objects crowd more than the
+    anchors do some objects have no instance near them; peaks follow the objects of each image.
+    The anchor width is one learned value, in cells of the instance features.
+    """
+
+    no_weight_decay = True
+
+    def __init__(self, count: int, width_cells: float = PEAK_WIDTH_CELLS):
+        super().__init__()
+        self.count = count
+        self.log_width = nn.Parameter(torch.tensor(math.log(width_cells)))
+
+    def forward(
+        self, heatmap: torch.Tensor, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centre heatmap logits [B, 1, h', w'] -> points [B, N, 2] in [0, 1] and log widths
+        [B, N] in the unit of the points (the width in cells over the mean side of `size`)."""
+        points = heatmap_peaks(heatmap, self.count)
+        # A tensor op, not math.log: traced for ONNX, the size stays dynamic.
+        side = torch.ones((), device=points.device) * ((size[0] + size[1]) / 2)
+        log_width = (self.log_width - torch.log(side)).expand(points.shape[:2])
+        return points, log_width
+
+
 class QueryAnchors(nn.Module):
     """A learned anchor point and width per instance, in the unit square of the feature map.
 
@@ -106,22 +187,10 @@ class QueryAnchors(nn.Module):
         self.points = nn.Parameter(halton_points(count))
         self.log_width = nn.Parameter(torch.full((count,), -0.5 * math.log(count)))
 
-    def penalty(self, size: tuple[int, int]) -> torch.Tensor:
-        """[N, H*W] fp32: squared distance of each cell centre to the anchor over its width^2."""
-        h, w = size
-        device = self.points.device
-        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
-        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
-        points = self.points.float()
-        dx, dy = xs - points[:, :1], ys - points[:, 1:]  # [N, W], [N, H]
-        dist2 = dy.square()[:, :, None] + dx.square()[:, None, :]
-        return (dist2 * torch.exp(-2 * self.log_width.float())[:, None, None]).flatten(1)
-
-    def offsets(self, centres: torch.Tensor) -> torch.Tensor:
-        """centres [B, N, 2] (x, y in [0, 1]) -> [B, N, 3]: (dx, dy, dx^2 + dy^2) from each
-        instance's anchor, in its widths: how far from home its map found an object."""
-        offset = (centres - self.points.float()) * torch.exp(-self.log_width.float())[:, None]
-        return torch.cat([offset, offset.square().sum(-1, keepdim=True)], -1)
+    def forward(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points [B, N, 2] in [0, 1] and log widths [B, N], the same for every image."""
+        return (self.points[None].expand(batch, -1, -1),
+                self.log_width[None].expand(batch, -1))
 
 
 class InstanceBranch(nn.Module):
@@ -140,6 +209,7 @@ class InstanceBranch(nn.Module):
         kernel_dim: int,
         centre_prior: bool,
         query_anchors: bool,
+        peak_anchors: bool = False,
     ):
         super().__init__()
         if kind not in DECODER_KINDS:
@@ -164,8 +234,12 @@ class InstanceBranch(nn.Module):
             self.mask_spread = nn.Linear(head_dim, 1)
             nn.init.normal_(self.mask_spread.weight, std=0.01)
             nn.init.constant_(self.mask_spread.bias, math.log(math.expm1(INITIAL_SPREAD)))
-        self.anchors = QueryAnchors(num_masks) if query_anchors else None
-        if query_anchors:
+        self.anchors: PeakAnchors | QueryAnchors | None = None
+        if peak_anchors:
+            self.anchors = PeakAnchors(num_masks)
+        elif query_anchors:
+            self.anchors = QueryAnchors(num_masks)
+        if self.anchors is not None:
             # Where its object lies from its anchor lets an instance tell whether the object
             # is its own or a neighbour's, which one-to-one matching asks it to learn.
             self.offset_embed = nn.Linear(3, head_dim)
@@ -178,12 +252,25 @@ class InstanceBranch(nn.Module):
         nn.init.normal_(self.mask_kernel.weight, std=0.01)
         nn.init.constant_(self.mask_kernel.bias, 0.0)
 
-    def activation_maps(self, features: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> normalised activation maps [B, groups*N, H*W] (each sums to 1)."""
+    def activation_maps(
+        self, features: torch.Tensor, anchors: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """[B, C, H, W] (+ anchor points [B, N, 2] and log widths [B, N]) -> normalised
+        activation maps [B, groups*N, H*W] (each sums to 1)."""
         iam = self.iam_conv(features).flatten(2)
-        if self.anchors is not None:  # channels are group-major: repeat the N priors per group
-            iam = iam - self.anchors.penalty(features.shape[-2:]).repeat(self.groups, 1)
+        if anchors is not None:  # channels are group-major: repeat the N priors per group
+            iam = iam - anchor_penalty(*anchors, features.shape[-2:]).repeat(1, self.groups, 1)
         return self.normalise(iam)
+
+    def anchor_points(
+        self, batch: int, size: tuple[int, int], heatmap: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Points [B, N, 2] and log widths [B, N] of the anchors, if the branch has any."""
+        if isinstance(self.anchors, PeakAnchors):
+            if heatmap is None:
+                raise ValueError("peak anchors need the centre heatmap")
+            return self.anchors(heatmap, size)
+        return None if self.anchors is None else self.anchors(batch)
 
     def normalise(self, iam: torch.Tensor) -> torch.Tensor:
         """Raw maps [B, groups*N, H*W] -> each map sums to 1 (sigmoid or softmax)."""
@@ -192,13 +279,17 @@ class InstanceBranch(nn.Module):
         prob = iam.sigmoid()
         return prob / prob.sum(-1, keepdim=True).clamp(min=1e-6)
 
-    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """[B, C, H, W] -> logits [B,N,K], kernels [B,N,D], objectness [B,N,1]; with the
-        location prior also `pred_centres` [B,N,2] (x, y in cells) and `pred_spread` [B,N,1];
-        in training also the maps `pred_iam` [B,G,N,H,W] (a view) and, with query anchors,
-        `pred_anchors` [B,N,3] (x, y, log width; detached) for the losses and the matcher."""
+    def forward(
+        self, features: torch.Tensor, heatmap: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """[B, C, H, W] (+ centre heatmap logits [B, 1, h, w] for peak anchors) -> logits
+        [B,N,K], kernels [B,N,D], objectness [B,N,1]; with the location prior also
+        `pred_centres` [B,N,2] (x, y in cells) and `pred_spread` [B,N,1]; in training also the
+        maps `pred_iam` [B,G,N,H,W] (a view) and, with anchors, `pred_anchors` [B,N,3] (x, y,
+        log width; detached) for the losses and the matcher."""
         features = self.inst_convs(features)
-        maps = self.activation_maps(features)
+        anchors = self.anchor_points(features.shape[0], features.shape[-2:], heatmap)
+        maps = self.activation_maps(features, anchors)
         extra = {}
         if self.mask_spread is not None or self.anchors is not None:
             centres = activation_centres(maps, features.shape[-2:], self.groups, self.num_masks)
@@ -208,13 +299,15 @@ class InstanceBranch(nn.Module):
             # Instance i gathers map i of every group: [B,G,N,C] -> [B,N,G*C].
             inst = inst.reshape(b, self.groups, n, -1).transpose(1, 2).reshape(b, n, -1)
             inst = F.relu(self.fc(inst))
-        if self.anchors is not None:
+        if anchors is not None:
             h, w = features.shape[-2:]
-            unit_centres = (centres + 0.5) / centres.new_tensor([w, h])  # in [0, 1]
-            inst = inst + self.offset_embed(self.anchors.offsets(unit_centres)).to(inst.dtype)
-        if self.training and self.anchors is not None:  # for the matcher
-            anchors = torch.cat([self.anchors.points, self.anchors.log_width[:, None]], -1)
-            extra["pred_anchors"] = anchors.detach()[None].expand(inst.shape[0], -1, -1)
+            # In [0, 1]; x and y divided apart so that a traced graph keeps the size dynamic.
+            unit_centres = torch.cat([(centres[..., :1] + 0.5) / w, (centres[..., 1:] + 0.5) / h],
+                                     -1)
+            inst = inst + self.offset_embed(anchor_offsets(unit_centres, *anchors)).to(inst.dtype)
+        if self.training and anchors is not None:  # for the matcher
+            points, log_width = anchors
+            extra["pred_anchors"] = torch.cat([points, log_width[..., None]], -1).detach()
         if self.training:  # for the activation-map loss, when the recipe has one
             extra["pred_iam"] = maps.unflatten(1, (self.groups, self.num_masks))  # [B, G, N, h*w]
             extra["pred_iam"] = extra["pred_iam"].unflatten(3, features.shape[-2:])
@@ -230,16 +323,25 @@ class InstanceBranch(nn.Module):
         return out
 
 
+class MaskOutputs(NamedTuple):
+    features: torch.Tensor
+    centre: torch.Tensor | None
+
+
 class MaskBranch(nn.Module):
     """Features -> mask embedding [B, kernel_dim, H, W].
 
     With `fine_channels`, the branch continues at stride 4: its stride-8 output is upsampled,
     added to a 1x1 projection of the backbone's stride-4 map and refined by one 3x3 conv, so
     masks of objects a few cells wide get a boundary of their own (a U-Net style skip).
+
+    With `centre_heatmap`, a 1x1 head predicts object centres from the same features (CenterNet's
+    heatmap, at the mask stride), on which peak anchors sit.
     """
 
     def __init__(
-        self, *, in_channels: int, dim: int, num_convs: int, kernel_dim: int, fine_channels: int
+        self, *, in_channels: int, dim: int, num_convs: int, kernel_dim: int, fine_channels: int,
+        centre_heatmap: bool = False,
     ):
         super().__init__()
         self.mask_convs = conv_stack(num_convs, in_channels, dim)
@@ -250,16 +352,23 @@ class MaskBranch(nn.Module):
             self.fine_convs = conv_stack(1, dim, dim)
         self.projection = nn.Conv2d(dim, kernel_dim, 1)
         c2_msra_fill(self.projection)
+        self.centre_head: nn.Conv2d | None = None
+        if centre_heatmap:
+            self.centre_head = nn.Conv2d(dim, 1, 1)
+            nn.init.normal_(self.centre_head.weight, std=0.01)
+            nn.init.constant_(self.centre_head.bias, -math.log((1 - 0.01) / 0.01))
 
-    def forward(self, features: torch.Tensor, fine: torch.Tensor | None = None) -> torch.Tensor:
-        """features [B, C, H/8, W/8] (+ fine [B, C4, H/4, W/4]) -> [B, D, H/8 or H/4, ...]."""
+    def forward(self, features: torch.Tensor, fine: torch.Tensor | None = None) -> MaskOutputs:
+        """features [B, C, H/8, W/8] (+ fine [B, C4, H/4, W/4]) -> mask features [B, D, h, w]
+        (h, w: H/8 or H/4) and, with `centre_heatmap`, centre logits [B, 1, h, w]."""
         x = self.mask_convs(features)
         if self.fine_lateral is not None:
             if fine is None:
                 raise ValueError("this mask branch needs the backbone's stride-4 map")
             x = F.interpolate(x, size=fine.shape[-2:], mode="bilinear", align_corners=False)
             x = self.fine_convs(x + self.fine_lateral(fine))
-        return self.projection(x)
+        centre = None if self.centre_head is None else self.centre_head(x)
+        return MaskOutputs(self.projection(x), centre)
 
 
 class IAMDecoder(nn.Module):
@@ -282,6 +391,7 @@ class IAMDecoder(nn.Module):
         fine_channels: int,
         centre_prior: bool,
         query_anchors: bool,
+        peak_anchors: bool = False,
     ):
         super().__init__()
         self.scale_factor = scale_factor
@@ -298,10 +408,11 @@ class IAMDecoder(nn.Module):
             kernel_dim=kernel_dim,
             centre_prior=centre_prior,
             query_anchors=query_anchors,
+            peak_anchors=peak_anchors,
         )
         self.mask_branch = MaskBranch(
             in_channels=in_channels + 2, dim=mask_dim, num_convs=mask_convs, kernel_dim=kernel_dim,
-            fine_channels=fine_channels,
+            fine_channels=fine_channels, centre_heatmap=peak_anchors,
         )
 
     def forward(
@@ -313,8 +424,11 @@ class IAMDecoder(nn.Module):
         inst_input = mask_input = features
         if self.first_convs is not None:
             inst_input, mask_input = self.first_convs(features)
-        out = self.inst_branch(inst_input)
-        mask_features = self.mask_branch(mask_input, fine)
+        mask = self.mask_branch(mask_input, fine)
+        out = self.inst_branch(inst_input, mask.centre)
+        mask_features = mask.features
+        if mask.centre is not None and self.training:
+            out["pred_centre_map"] = mask.centre.float()
         masks = torch.bmm(out.pop("pred_kernels"), mask_features.flatten(2))
         if "pred_centres" in out:
             # Centres are in stride-8 cells; stride-8 cell i lies at 2i + 0.5 in stride-4 cells.
