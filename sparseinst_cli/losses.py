@@ -87,8 +87,8 @@ def activation_mass_loss(maps: Tensor, targets: Tensor) -> Tensor:
 
 def centre_targets(masks: Tensor) -> Tensor:
     """[M, h, w] instance masks in [0, 1] -> [h, w] centre heatmap (CenterNet's): per object a
-    Gaussian around its centre of mass, sigma a quarter of its diameter (at least half a cell),
-    exactly 1 at the cell nearest that centre; the maximum over objects."""
+    Gaussian around its centre of mass, sigma a quarter of the square root of its area (at
+    least half a cell), exactly 1 at the cell nearest that centre; the maximum over objects."""
     h, w = masks.shape[-2:]
     mass = masks.flatten(1).sum(-1)
     masks, mass = masks[mass > 0], mass[mass > 0]

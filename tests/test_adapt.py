@@ -45,8 +45,9 @@ def test_small_objects_keep_their_native_size_unless_sizes_are_given():
     cfg = load_config("demo")  # trains at 192-256, tests at 256
     notices = adapt_to_data(cfg, stats(median_object_size=14.0, median_short_side=360.0,
                                        max_long_side=400), set())
-    # Tested at the largest training scale, where small objects are found best.
-    assert cfg.input.min_size_test == 448 and cfg.input.min_size_train == [320, 352, 400, 448]
+    # From the native size up to 1.5x, tested at the largest scale, where small objects are
+    # found best.
+    assert cfg.input.min_size_train == [352, 400, 448, 544] and cfg.input.min_size_test == 544
     assert cfg.input.max_size_test >= 500 and cfg.input.max_size_train >= 500
     assert any("native" in n for n in notices)
     assert any(n.startswith("warning:") and "mask_stride=4" in n for n in notices)

@@ -130,7 +130,7 @@ def heatmap_peaks(logits: torch.Tensor, count: int) -> torch.Tensor:
     points (CenterNet's peak extraction, no NMS). Raster order, not score order: a near tie
     between two peaks, which another runtime may break the other way, does not reorder them.
     """
-    b, _, h, w = logits.shape
+    h, w = logits.shape[-2:]
     if count > h * w:
         raise UserError(f"the input is too small for {count} instances on peak anchors: their "
                         f"heatmap has {h}x{w} cells; use a larger input or fewer num_masks")
@@ -324,8 +324,10 @@ class InstanceBranch(nn.Module):
 
 
 class MaskOutputs(NamedTuple):
-    features: torch.Tensor
-    centre: torch.Tensor | None
+    """What the mask branch hands the decoder."""
+
+    features: torch.Tensor  # mask features [B, D, h, w]
+    centre: torch.Tensor | None  # centre heatmap logits [B, 1, h, w], with peak anchors
 
 
 class MaskBranch(nn.Module):
