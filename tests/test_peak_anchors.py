@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from model_support import assert_batch_independent
 
 from sparseinst_cli.config import load_config
 from sparseinst_cli.engine.step import build_criterion
@@ -103,13 +104,7 @@ def test_peak_model_is_batch_independent():
     torch.manual_seed(0)
     model = build_model(load_config("small", PEAKS).model).eval()
     torch.nn.init.normal_(model.decoder.mask_branch.centre_head.weight, std=0.5)
-    images = torch.rand(2, 3, 64, 96) * 255
-    with torch.no_grad():
-        batched = model(images)
-        single = [model(images[i : i + 1]) for i in range(2)]
-    for key, value in batched.items():
-        torch.testing.assert_close(value, torch.cat([s[key] for s in single]), atol=1e-4,
-                                   rtol=1e-4)
+    assert_batch_independent(model, torch.rand(2, 3, 64, 96) * 255)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
