@@ -16,6 +16,7 @@ from sparseinst_cli.matcher import (
     DICE_EPS,
     TARGET_RESIZE_MODES,
     HungarianMatcher,
+    centres_of_mass,
     resize_target_masks,
 )
 
@@ -94,10 +95,9 @@ def centre_targets(masks: Tensor) -> Tensor:
     masks, mass = masks[mass > 0], mass[mass > 0]
     if masks.shape[0] == 0:
         return masks.new_zeros((h, w))
+    cx, cy = centres_of_mass(masks).unbind(-1)
     ys = torch.arange(h, device=masks.device, dtype=torch.float32)
     xs = torch.arange(w, device=masks.device, dtype=torch.float32)
-    cy = masks.sum(2) @ ys / mass
-    cx = masks.sum(1) @ xs / mass
     sigma2 = (mass.sqrt() / 4).clamp(min=0.5).square()
     dist2 = (ys - cy[:, None]).square()[:, :, None] + (xs - cx[:, None]).square()[:, None, :]
     heat = torch.exp(-dist2 / (2 * sigma2[:, None, None]))

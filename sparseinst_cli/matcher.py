@@ -102,16 +102,24 @@ def matching_cost(
         return dice.pow(alpha) * class_prob.pow(beta)
 
 
+def centres_of_mass(masks: Tensor) -> Tensor:
+    """[M, h, w] masks in [0, 1] -> [M, 2]: (x, y) of each one's centre of mass, in cells (cell
+    i's centre at i); an empty mask gives (0, 0)."""
+    h, w = masks.shape[-2:]
+    masks = masks.float()
+    mass = masks.flatten(1).sum(-1).clamp(min=1e-6)
+    xs = torch.arange(w, device=masks.device, dtype=torch.float32)
+    ys = torch.arange(h, device=masks.device, dtype=torch.float32)
+    return torch.stack([masks.sum(1) @ xs / mass, masks.sum(2) @ ys / mass], -1)
+
+
 def anchor_affinity(anchors: Tensor, tgt_masks: Tensor, size: tuple[int, int]) -> Tensor:
     """exp(-d^2), d: distance from each instance's anchor to each target's centre of mass, in
     the anchor's widths. anchors: [N, 3] (x, y in [0, 1], log width); tgt_masks: [M, h*w].
     Returns [N, M] in (0, 1]."""
     h, w = size
-    xs = (torch.arange(w, device=tgt_masks.device, dtype=torch.float32) + 0.5) / w
-    ys = (torch.arange(h, device=tgt_masks.device, dtype=torch.float32) + 0.5) / h
-    grid = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], -1).reshape(-1, 2)
-    masses = tgt_masks.float()
-    centres = masses @ grid / masses.sum(-1, keepdim=True).clamp(min=1e-6)  # [M, 2]
+    cells = centres_of_mass(tgt_masks.reshape(-1, h, w))
+    centres = (cells + 0.5) / torch.tensor([w, h], device=cells.device)  # in [0, 1]
     anchors = anchors.float()
     offsets = (anchors[:, None, :2] - centres[None]) * torch.exp(-anchors[:, None, 2:])
     return torch.exp(-offsets.square().sum(-1))

@@ -36,6 +36,7 @@ FAULTS = {
         "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
         "os.fsync = fsync\n"
     ),
+    "no_onnx": "import sys\nsys.modules['onnx'] = None\n",  # import onnx raises ImportError
     "one_gpu": (
         "import torch\n"
         "torch.cuda.is_available = lambda: True\n"
@@ -57,6 +58,13 @@ CASES = [
     ("unknown_config_key", ["train", "-c", "demo", "--data", "{data}", "solver.lrr=0.1"], None,
      2, ["solver.lrr", "solver.lr"]),
     ("unknown_zoo_name", ["bench", "-c", "r50_gaim"], None, 2, ["r50_gaim", "r50_giam"]),
+    # The hint's brackets are printed, not read as markup.
+    ("export_without_onnx", ["export", "-w", "{tiny}", "--out", "{work}/m.onnx"], "no_onnx", 2,
+     ["pip install 'sparseinst-cli[export]'"]),
+    # Refused before the run folder exists: nothing is left in runs/.
+    ("contradictory_model", ["-q", "train", "-c", "small", "--data", "{data}",
+                                   "model.decoder.query_anchors=true"], None, 2,
+     ["two kinds of anchors"]),
     ("malformed_yaml", ["train", "-c", "{bad_yaml}", "--data", "{data}"], None, 2,
      ["bad.yaml"]),
     ("annotations_not_coco", ["eval", "-w", "{tiny}", "--data", "{not_coco}"], None, 2,

@@ -25,6 +25,7 @@ from ..data.coco import CocoInstances
 from ..data.datasets import SplitSpec, resolve_split
 from ..data.stats import split_stats
 from ..errors import UserError
+from ..modeling.build import check_model_config
 from ..pretrained import resolve_backbone_weights
 from ..runtime import AMP_MODES, check_process_count, cpu_has_native_bf16, resolve_device
 from . import run_dir as files
@@ -32,6 +33,7 @@ from .adapt import adapt_to_data
 from .distributed import under_torchrun
 from .schedule import schedule_of
 from .state import read_train_state
+from .step import build_criterion
 
 
 @dataclass
@@ -201,6 +203,9 @@ def prepare_new(options: TrainOptions, notice) -> TrainPlan:
     for message in adapt_to_data(cfg, split_stats(train.annotations),
                                  override_keys(options.overrides)):
         notice(message)
+    # Refuse a model or loss that cannot be built before the run folder exists.
+    check_model_config(cfg.model)
+    build_criterion(cfg)
     run = files.new_run_dir(Path(options.project), options.name or "exp",
                             exist_ok=options.exist_ok)
     for stale in (files.METRICS, files.BEST, files.LAST, files.PLOT):

@@ -26,7 +26,8 @@ DEFORM_OPSET = 19  # first opset with DeformConv
 INPUT_NAME = "images"
 
 
-def _onnx():
+def require_onnx():
+    """The onnx module, or a UserError naming the extra to install."""
     try:
         import onnx
     except ImportError:
@@ -133,7 +134,7 @@ def _export_dynamo(
 
 def add_metadata(path: Path, metadata: dict[str, object]) -> None:
     """Write `metadata` into the model's metadata_props (lists and dicts as JSON) and check it."""
-    onnx = _onnx()
+    onnx = require_onnx()
     model = onnx.load(str(path))
     del model.metadata_props[:]
     for key, value in metadata.items():
@@ -146,5 +147,5 @@ def add_metadata(path: Path, metadata: dict[str, object]) -> None:
 
 def read_metadata(path: Path) -> dict[str, str]:
     """metadata_props of an .onnx file as key -> string, without loading the weights."""
-    model = _onnx().load(str(path), load_external_data=False)
+    model = require_onnx().load(str(path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}

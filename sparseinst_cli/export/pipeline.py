@@ -167,6 +167,8 @@ class _Plan:
 def _plan(loaded, options: ExportOptions) -> _Plan:
     size = check_options(options)
     is_onnx = options.format == "onnx"
+    if is_onnx:  # before any work: torch's exporter needs it too, and says so less helpfully
+        onnx_io.require_onnx()
     deformable = has_deformable(loaded.model)
     test = loaded.config.test
     return _Plan(

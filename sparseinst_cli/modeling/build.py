@@ -5,21 +5,30 @@ from __future__ import annotations
 from ..config import ModelConfig
 from ..errors import UserError
 from .backbone import TimmBackbone
-from .decoder import IAMDecoder
+from .decoder import DECODER_KINDS, IAMDecoder
 from .encoder import InstanceContextEncoder
 from .sparseinst import SparseInst
 
 MASK_STRIDES = (4, 8)
 
 
-def build_model(cfg: ModelConfig) -> SparseInst:
-    """Build an untrained SparseInst from its model config (weights are loaded separately)."""
+def check_model_config(cfg: ModelConfig) -> None:
+    """Raise UserError for decoder settings no model can be built from (a pure check, so that
+    training can refuse them before it creates its run folder)."""
     d = cfg.decoder
+    if d.kind not in DECODER_KINDS:
+        raise UserError(f"decoder kind '{d.kind}' is not one of {', '.join(DECODER_KINDS)}")
     if d.mask_stride not in MASK_STRIDES:
         raise UserError(f"model.decoder.mask_stride must be 4 or 8, got {d.mask_stride}")
     if d.query_anchors and d.peak_anchors:
         raise UserError("model.decoder.query_anchors (learned points) and peak_anchors (heatmap "
                         "peaks) are two kinds of anchors: set one of them false")
+
+
+def build_model(cfg: ModelConfig) -> SparseInst:
+    """Build an untrained SparseInst from its model config (weights are loaded separately)."""
+    check_model_config(cfg)
+    d = cfg.decoder
     fine = d.mask_stride == 4
     backbone = TimmBackbone(
         name=cfg.backbone.name, norm=cfg.backbone.norm, dcn_stages=list(cfg.backbone.dcn_stages),

@@ -212,9 +212,7 @@ class InstanceBranch(nn.Module):
         peak_anchors: bool = False,
     ):
         super().__init__()
-        if kind not in DECODER_KINDS:
-            raise UserError(f"decoder kind '{kind}' is not one of {', '.join(DECODER_KINDS)}")
-        self.kind = kind
+        self.kind = kind  # checked with the rest of the config: modeling.build
         self.groups = 1 if kind == "iam" else groups
         self.num_masks = num_masks
         self.inst_convs = conv_stack(num_convs, in_channels, dim)
