@@ -88,6 +88,16 @@ def keep_freed_memory() -> bool:
     )
 
 
+def release_freed_memory() -> None:
+    """Hand the heap's free memory back to the OS (glibc's malloc_trim), so that a peak
+    measured next is the next job's own; a no-op without glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def check_process_count(gpus: int, device_type: str) -> None:
     """`--gpus N` starts N processes: one per GPU on CUDA, N CPU processes without CUDA."""
     import torch

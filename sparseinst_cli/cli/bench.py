@@ -21,17 +21,21 @@ from ..engine.benchmark import (
     trust_warnings,
 )
 from ..engine.eval_jobs import EvalJob, run_eval
+from ..engine.train_speed import TrainBenchSettings
 from ..errors import RunError, UserError
 from ..fileio import atomic_write_json, read_image_rgb
 from ..loading import LoadedModel, load_model
 from ..runtime import available_cpus, resolve_device, resolve_dtype
+from .bench_train import bench_training
 from .console import console, info, state
 from .options import (
     BatchOpt,
     ConfigsOpt,
+    DataOpt,
     DeviceOpt,
     JsonOutOpt,
     MaxSizeOpt,
+    OverridesArg,
     WeightsListOpt,
 )
 from .tables import bench_caption, bench_markdown, bench_table, print_table
@@ -54,7 +58,7 @@ def bench(
         list[str] | None,
         typer.Option("--dtype", help="fp32, bf16 or fp16 (CUDA); repeat, e.g. --dtype bf16."),
     ] = None,
-    batch: BatchOpt = 1,
+    batch: BatchOpt = None,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps first, e.g. 5.")] = 5,
     iters: Annotated[int, typer.Option("--iters", help="Timed steps, e.g. 20.")] = 20,
     threads: Annotated[
@@ -71,8 +75,34 @@ def bench(
     markdown: Annotated[
         bool, typer.Option("--markdown", help="Print the table as markdown (for a README).")
     ] = False,
+    train: Annotated[
+        bool,
+        typer.Option("--train", help="Time training iterations instead (data, forward + loss, "
+                     "backward + step), on --data, e.g. --train -c small --data demo."),
+    ] = False,
+    data: DataOpt = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="With --train: data loader processes.")
+    ] = None,
+    overrides: OverridesArg = None,
 ) -> None:
-    """Measure forward + post-processing speed. Example: sparseinst bench --all --size 608"""
+    """Measure forward + post-processing speed, or with --train training speed.
+    Examples: sparseinst bench --all --size 608; sparseinst bench --train -c small --data demo"""
+    if train:
+        _refuse_for_training(weights, all_variants, image, eval_data, max_size)
+        if workers is not None and workers < 0:
+            raise UserError(f"--workers {workers} must be 0 or more")
+        checked = _settings(device, dtype or [], batch, warmup, iters, threads, None, size or [])
+        bench_training(
+            config or ["demo"], list(overrides or []), data, size or [], dtype,
+            TrainBenchSettings(device=device, batch=batch, warmup=warmup, iters=iters,
+                               threads=checked.threads, workers=workers),
+            json_out=json_out, markdown=markdown,
+        )
+        return
+    for flag, value in (("--data", data), ("--workers", workers), ("KEY=VALUE", overrides)):
+        if value:
+            raise UserError(f"{flag} is for --train; --eval DATA adds mask AP to a speed run")
     specs = _specs(config, weights, all_variants)
     dtypes = dtype or ["fp32"]
     settings = _settings(device, dtypes, batch, warmup, iters, threads, max_size, size or [])
@@ -100,6 +130,17 @@ def bench(
         info(f"[red]failed:[/] {failure}")
     if failures:
         raise RunError(f"{len(failures)} measurement(s) failed (listed above); the rest are shown")
+
+
+def _refuse_for_training(
+    weights: list[Path] | None, all_variants: bool, image: Path | None, eval_data: str | None,
+    max_size: int | None,
+) -> None:
+    for flag, given in (("--weights", weights), ("--all", all_variants), ("--image", image),
+                        ("--eval", eval_data), ("--max-size", max_size)):
+        if given:
+            raise UserError(f"{flag} is for inference speed; --train times a config's training "
+                            "iterations (give -c CONFIG, --data, --size, --batch, --dtype)")
 
 
 def _specs(

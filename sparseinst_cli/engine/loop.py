@@ -22,6 +22,7 @@ from ..errors import RunError
 from ..loading import LoadedModel
 from ..modeling import build_model
 from ..predictor import Predictor
+from ..runtime import keep_freed_memory
 from . import run_dir as files
 from .callbacks import RunInfo, TrainCallbacks, TrainSummary
 from .distributed import DistContext, barrier, gather_objects
@@ -70,6 +71,8 @@ class TrainLoop:
         self.log = MetricsLog(self.run_dir / files.METRICS)
         self._budget: TimeBudget | None = None  # a --time budget while it is being measured
         self._start = time.monotonic()
+        if ctx.device == "cpu":
+            keep_freed_memory()  # activations are reused, not faulted in again every step
         torch.manual_seed(self.cfg.seed)  # the same initial weights in every process
         model = build_model(self.cfg.model).to(ctx.device)
         if not plan.resume:

@@ -176,6 +176,25 @@ def apply_options(cfg: Config, options: TrainOptions, world: int, notice) -> Non
         solver.amp = options.amp
 
 
+def fit_to_data(
+    cfg: Config, train: SplitSpec, val: SplitSpec | None, overrides: list[str], notice
+) -> tuple:
+    """The dataset's classes and statistics shape `cfg` (in place), which is then checked:
+    a model or loss that cannot be built is refused before anything is written. Returns
+    `read_classes`'s (class names, category ids, train images, val images)."""
+    classes = read_classes(train, val, cfg.data.filter_empty)
+    ids = classes[1]
+    if cfg.model.num_classes != len(ids):
+        notice(f"the dataset has {len(ids)} classes: model.num_classes {cfg.model.num_classes} "
+               f"-> {len(ids)}")
+        cfg.model.num_classes = len(ids)
+    for message in adapt_to_data(cfg, split_stats(train.annotations), override_keys(overrides)):
+        notice(message)
+    check_model_config(cfg.model)
+    build_criterion(cfg)
+    return classes
+
+
 def prepare_new(options: TrainOptions, notice) -> TrainPlan:
     """Plan a fresh run: config, data, classes, run folder (created, with config.yaml)."""
     cfg = base_config(options)
@@ -194,18 +213,8 @@ def prepare_new(options: TrainOptions, notice) -> TrainPlan:
     if backbone is not None:  # a file, or a tag fetched (or found in the cache) now, once
         backbone = str(resolve_backbone_weights(backbone, cfg.model.backbone.pretrained))
     train, val = resolve_splits(data, notice)
-    names, ids, n_train, n_val = read_classes(train, val, cfg.data.filter_empty)
-    if cfg.model.num_classes != len(ids):
-        notice(f"the dataset has {len(ids)} classes: model.num_classes {cfg.model.num_classes} "
-               f"-> {len(ids)}")
-        cfg.model.num_classes = len(ids)
+    names, ids, _, n_val = fit_to_data(cfg, train, val, options.overrides, notice)
     cfg.data.train = data
-    for message in adapt_to_data(cfg, split_stats(train.annotations),
-                                 override_keys(options.overrides)):
-        notice(message)
-    # Refuse a model or loss that cannot be built before the run folder exists.
-    check_model_config(cfg.model)
-    build_criterion(cfg)
     run = files.new_run_dir(Path(options.project), options.name or "exp",
                             exist_ok=options.exist_ok)
     for stale in (files.METRICS, files.BEST, files.LAST, files.PLOT):

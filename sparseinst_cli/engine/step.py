@@ -7,6 +7,7 @@ optimizer update. Whether the losses were finite, whether to stop and the iterat
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,27 @@ def to_device_batch(
     return batch, out
 
 
+class PhaseClock:
+    """Seconds per phase of training steps, for `bench --train`: `mark(name)` closes the phase
+    that began at the previous mark. On CUDA it waits for the queued work first, so the time
+    lands in the phase that queued it (a real run never waits)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, list[float]] = {}
+        self._last = time.perf_counter()
+
+    def restart(self) -> None:
+        self._last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds.setdefault(phase, []).append(now - self._last)
+        self._last = now
+
+
 @dataclass
 class StepResult:
     losses: dict[str, float]
@@ -92,14 +114,21 @@ class Stepper:
             self.ddp = DistributedDataParallel(model, device_ids=ids)
 
     def step(
-        self, iteration: int, images: list, targets: list, *, stop: bool, budget_iters: int = 0
+        self, iteration: int, images: list, targets: list, *, stop: bool, budget_iters: int = 0,
+        clock: PhaseClock | None = None,
     ) -> StepResult:
-        """One optimisation step; skipped (no update) when any process saw a non-finite loss."""
+        """One optimisation step; skipped (no update) when any process saw a non-finite loss.
+        A `clock` records its phases: "data" (to the device), "forward" (with the loss) and
+        "backward" (with the optimizer step)."""
         lr = self.lr.apply(self.optimizer, iteration)
         batch, targets = to_device_batch(images, targets, self.cfg.model.pixel_mean, self.device)
+        if clock is not None:
+            clock.mark("data")
         with autocast_context(self.device, self.amp):
             outputs = self.ddp(batch)
-        finite_out = all(bool(torch.isfinite(v).all()) for v in outputs.values())
+        # A non-finite value makes its tensor's sum non-finite: one pass, no mask per element.
+        sums = torch.stack([v.detach().sum(dtype=torch.float32) for v in outputs.values()])
+        finite_out = bool(sums.isfinite().all())
         bad = all_reduce_sum(torch.tensor([0.0 if finite_out else 1.0], device=self.device))
         if bad.item() > 0:
             losses = {"loss_cls": math.nan}
@@ -113,9 +142,13 @@ class Stepper:
             losses=flags["losses"], lr=lr, finite=flags["finite"], stop=flags["stop"],
             budget_iters=flags["budget_iters"],
         )
+        if clock is not None:
+            clock.mark("forward")
         if result.finite:
             self._update(total)
         self.optimizer.zero_grad(set_to_none=True)
+        if clock is not None:
+            clock.mark("backward")
         return result
 
     def _agree(
