@@ -6,6 +6,7 @@ machine:
 
     python benchmarks/vs_maskrcnn.py                 # fp32, 640 short side, 853 long side max
     python benchmarks/vs_maskrcnn.py --dtype bf16    # our model in bf16 (Mask R-CNN stays fp32)
+    python benchmarks/vs_maskrcnn.py --dtype int8    # our int8 ONNX graph in ONNX Runtime
 
 Each model runs in a worker process of its own, so that each gets its own OpenMP settings:
 ours what `sparseinst` chooses, Mask R-CNN libgomp's defaults (unless GOMP_SPINCOUNT is set in
@@ -74,9 +75,14 @@ def sparseinst_worker(args: argparse.Namespace) -> None:
     path = Path(tempfile.gettempdir()) / "sparseinst_bench_r50_giam.pth"
     if not path.exists():
         torch.save({"model": synth_state_dict(layout)}, path)
+    loaded = load_model(path, "r50_giam")
+    if args.dtype == "int8":
+        loaded, dtype = load_model(int8_graph(loaded, args.size)), "fp32"
+    else:
+        dtype = args.dtype
     predictor = Predictor(
-        None, loaded=load_model(path, "r50_giam"), dtype=args.dtype, min_size=args.size,
-        max_size=853, optimize=not args.no_optimize,
+        None, loaded=loaded, dtype=dtype, min_size=args.size, max_size=853,
+        optimize=not args.no_optimize,
     )
     batch = predictor.prepare([read_image_rgb(str(IMAGE))])  # not timed, as in the paper
     outputs = predictor.forward(batch)
@@ -86,6 +92,32 @@ def sparseinst_worker(args: argparse.Namespace) -> None:
         lambda: predictor.postprocess(predictor.forward(batch), batch),
         lambda: predictor.postprocess(outputs, batch),
     )
+
+
+def int8_graph(loaded, size: int) -> Path:
+    """The model as a static ONNX graph at the bench image's padded input, its convolutions in
+    int8 (what `sparseinst export --int8` writes), calibrated on the bench image. Synthetic
+    weights keep every mask near the threshold, so export's int8 parity check is not run."""
+    import tempfile
+
+    from sparseinst_cli.export import ExportOptions, export_model
+    from sparseinst_cli.export.int8 import quantize_convolutions
+    from sparseinst_cli.export.onnx import add_metadata, read_metadata
+    from sparseinst_cli.export.parity import parity_batch
+    from sparseinst_cli.fileio import read_image_rgb
+    from sparseinst_cli.predictor import Predictor
+
+    hw = tuple(Predictor(None, loaded=loaded, min_size=size, max_size=853)
+               .prepare([read_image_rgb(str(IMAGE))]).images.shape[-2:])
+    folder = Path(tempfile.gettempdir())
+    fp32 = folder / f"sparseinst_bench_r50_giam_{hw[0]}x{hw[1]}.onnx"
+    int8 = fp32.with_suffix(".int8.onnx")
+    if not int8.exists():
+        export_model(loaded, ExportOptions(out=fp32, size=hw))
+        image = parity_batch(read_image_rgb(str(IMAGE)), hw, list(loaded.config.model.pixel_mean))
+        quantize_convolutions(fp32, int8, [image.images.numpy()])
+        add_metadata(int8, {**read_metadata(fp32), "precision": "int8"})
+    return int8
 
 
 def maskrcnn_worker(args: argparse.Namespace) -> None:
@@ -153,7 +185,8 @@ def p90(times: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "int8"],
+                        help="ours: PyTorch fp32 / bf16, or the int8 ONNX graph (onnxruntime)")
     parser.add_argument("--size", type=int, default=640)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)

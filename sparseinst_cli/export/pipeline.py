@@ -23,6 +23,7 @@ from ..fileio import read_image_rgb
 from ..runtime import resolve_device
 from . import onnx as onnx_io
 from .graph import END_TO_END_OUTPUTS, RAW_OUTPUTS, export_ready, has_deformable
+from .int8 import quantize_convolutions, require_quantization
 from .parity import (
     DEFAULT_SIZES,
     ParityRow,
@@ -68,6 +69,12 @@ class ExportOptions:
     exporter: str = "torchscript"  # ONNX exporter: torchscript (dynamo=False) | dynamo
     parity_sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES
     parity_image: Path | None = None
+    int8: bool = False  # ONNX: int8 convolutions calibrated on `calibration_images`
+    calibration_images: tuple[Path, ...] = ()
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.int8 else "fp16" if self.half else "fp32"
 
 
 @dataclass
@@ -112,6 +119,13 @@ def check_options(options: ExportOptions) -> tuple[int, int]:
     size = options.size or (options.parity_sizes[0] if options.dynamic else STATIC_SIZE)
     if options.format == "torchscript":
         size = options.size or options.parity_sizes[0]
+    if options.int8:
+        if options.format != "onnx":
+            raise UserError("--int8 makes an ONNX model; drop --format torchscript")
+        if options.half:
+            raise UserError("give --int8 or --half, not both")
+        if not options.calibration_images:
+            raise UserError("--int8 needs calibration images: --data DATA (its train split)")
     if any(s <= 0 or s % 32 for s in size):
         fixed = "x".join(str(max(32, -(-s // 32) * 32)) for s in size)
         raise UserError(f"--size {size[0]}x{size[1]} must be multiples of 32, e.g. --size {fixed}")
@@ -134,7 +148,7 @@ def _metadata(loaded, layout: str, options: ExportOptions, size: str, opset) -> 
         "category_ids": [int(c) for c in loaded.category_ids],
         "cls_threshold": str(cfg.test.cls_threshold),
         "mask_threshold": str(cfg.test.mask_threshold),
-        "precision": "fp16" if options.half else "fp32",
+        "precision": options.precision,
         "source": Path(loaded.source).name if loaded.source else "",
         "config": cfg.to_dict(),
     }
@@ -169,6 +183,8 @@ def _plan(loaded, options: ExportOptions) -> _Plan:
     is_onnx = options.format == "onnx"
     if is_onnx:  # before any work: torch's exporter needs it too, and says so less helpfully
         onnx_io.require_onnx()
+    if options.int8:
+        require_quantization()
     deformable = has_deformable(loaded.model)
     test = loaded.config.test
     return _Plan(
@@ -182,7 +198,9 @@ def _plan(loaded, options: ExportOptions) -> _Plan:
         names=END_TO_END_OUTPUTS if options.end_to_end else RAW_OUTPUTS,
         deformable=deformable,
         thresholds=dict(cls_threshold=test.cls_threshold, mask_threshold=test.mask_threshold),
-        image=read_image_rgb(options.parity_image or default_image_path()),
+        # An int8 graph is checked on the user's own data, whose value ranges it was fitted to.
+        image=read_image_rgb(options.parity_image or (
+            options.calibration_images[0] if options.int8 else default_image_path())),
         pixel_mean=list(loaded.config.model.pixel_mean),
     )
 
@@ -219,6 +237,10 @@ def export_model(loaded, options: ExportOptions, notify: Notify | None = None) -
         notify(f"exporting {options.format} ({plan.layout}, {plan.input_size}) to {plan.out}")
         t0 = time.perf_counter()
         _write(model, loaded, options, plan, tmp)
+        if options.int8:
+            count = len(options.calibration_images)
+            notify(f"quantizing the convolutions to int8, calibrated on {count} images")
+            _quantize(tmp, loaded, options, plan)
         t1 = time.perf_counter()
         sizes = options.parity_sizes if plan.dynamic else (plan.size,)
         notify(f"checking against PyTorch at {', '.join(f'{h}x{w}' for h, w in sizes)}")
@@ -255,6 +277,21 @@ def _write(model, loaded, options: ExportOptions, plan: _Plan, tmp: Path) -> Non
         write_torchscript(module, example, tmp, metadata=metadata)
 
 
+def _quantize(tmp: Path, loaded, options: ExportOptions, plan: _Plan) -> None:
+    """Replace the fp32 graph in `tmp` by its int8 version (metadata kept)."""
+    batches = (
+        parity_batch(read_image_rgb(path), plan.size, plan.pixel_mean).images.numpy()
+        for path in options.calibration_images
+    )
+    quantized = tmp.with_name(tmp.name + ".int8")
+    try:
+        quantize_convolutions(tmp, quantized, batches)
+        os.replace(quantized, tmp)
+    finally:
+        quantized.unlink(missing_ok=True)
+    onnx_io.add_metadata(tmp, _metadata(loaded, plan.layout, options, plan.input_size, plan.opset))
+
+
 def _parity(tmp: Path, model, options: ExportOptions, plan: _Plan, sizes) -> list[ParityRow]:
     half_cpu = options.half and plan.device.type == "cpu"
     if options.format == "torchscript":
@@ -275,8 +312,8 @@ def _parity(tmp: Path, model, options: ExportOptions, plan: _Plan, sizes) -> lis
             raise
     reference = reference_runner(model, end_to_end=options.end_to_end, **plan.thresholds)
     return check_parity(
-        reference, exported, plan.image, sizes, pixel_mean=plan.pixel_mean, half=options.half,
-        **plan.thresholds,
+        reference, exported, plan.image, sizes, pixel_mean=plan.pixel_mean,
+        precision=options.precision, **plan.thresholds,
     )
 
 
