@@ -17,16 +17,15 @@ from ..engine.benchmark import (
     benchmark,
     busy_warning,
     default_image_path,
-    environment,
     trust_warnings,
 )
 from ..engine.eval_jobs import EvalJob, run_eval
 from ..engine.train_speed import TrainBenchSettings
-from ..errors import RunError, UserError
-from ..fileio import atomic_write_json, read_image_rgb
+from ..errors import UserError
+from ..fileio import read_image_rgb
 from ..loading import LoadedModel, load_model
 from ..runtime import available_cpus, resolve_device, resolve_dtype
-from .bench_train import bench_training
+from .bench_train import bench_training, report
 from .console import console, info, state
 from .options import (
     BatchOpt,
@@ -38,7 +37,7 @@ from .options import (
     OverridesArg,
     WeightsListOpt,
 )
-from .tables import bench_caption, bench_markdown, bench_table, print_table
+from .tables import bench_caption, bench_markdown, bench_table
 from .targets import ModelSpec, model_specs, official_variants
 
 
@@ -93,6 +92,7 @@ def bench(
         if workers is not None and workers < 0:
             raise UserError(f"--workers {workers} must be 0 or more")
         checked = _settings(device, dtype or [], batch, warmup, iters, threads, None, size or [])
+        _warn(warmup, iters, device)
         bench_training(
             config or ["demo"], list(overrides or []), data, size or [], dtype,
             TrainBenchSettings(device=device, batch=batch, warmup=warmup, iters=iters,
@@ -106,30 +106,20 @@ def bench(
     specs = _specs(config, weights, all_variants)
     dtypes = dtype or ["fp32"]
     settings = _settings(device, dtypes, batch, warmup, iters, threads, max_size, size or [])
-    for note in [*trust_warnings(warmup, iters), busy_warning(device)]:
-        if note:
-            info(f"[yellow]warning:[/] {note}")
+    _warn(warmup, iters, device)
     if eval_data is not None and any(s.weights is None for s in specs):
         info("[yellow]warning:[/] --eval without --weights measures randomly initialised models")
     split = resolve_split(eval_data, "val") if eval_data is not None else None
     picture = read_image_rgb(image or default_image_path())
     results, failures = _run(specs, size or [None], dtypes, settings, picture, split)
-    env = environment()
-    if not results:
-        raise RunError(f"every measurement failed; the first: {failures[0]}")
-    if markdown:
-        console.print(bench_markdown(results, env), markup=False, highlight=False, soft_wrap=True)
-    else:
-        table = bench_table(results)
-        table.caption = bench_caption(results, env)
-        print_table(console, table)
-    if json_out is not None:
-        atomic_write_json(json_out, {"environment": env, "results": [r.to_dict() for r in results]})
-        info(f"wrote {json_out}")
-    for failure in failures:
-        info(f"[red]failed:[/] {failure}")
-    if failures:
-        raise RunError(f"{len(failures)} measurement(s) failed (listed above); the rest are shown")
+    report(results, failures, json_out=json_out, markdown=markdown, table=bench_table,
+           caption=bench_caption, as_markdown=bench_markdown)
+
+
+def _warn(warmup: int, iters: int, device: str) -> None:
+    for note in [*trust_warnings(warmup, iters), busy_warning(device)]:
+        if note:
+            info(f"[yellow]warning:[/] {note}")
 
 
 def _refuse_for_training(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..config import load_config
 from ..engine.benchmark import environment
 from ..engine.plan import fit_to_data, resolve_splits
-from ..engine.train_speed import TrainBenchResult, TrainBenchSettings, measure_training
+from ..engine.train_speed import TrainBenchSettings, measure_training
 from ..errors import RunError, UserError
 from ..fileio import atomic_write_json
 from .console import console, info, state
@@ -58,22 +59,25 @@ def bench_training(
                     failures.append(f"{label} {dtype}: {type(exc).__name__}: {first[:200]}")
                 progress.remove_task(task)
                 gc.collect()
-    _report(results, failures, json_out, markdown)
+    report(results, failures, json_out=json_out, markdown=markdown, table=train_bench_table,
+           caption=train_bench_caption, as_markdown=train_bench_markdown)
 
 
-def _report(
-    results: list[TrainBenchResult], failures: list[str], json_out: Path | None, markdown: bool
+def report(
+    results: list, failures: list[str], *, json_out: Path | None, markdown: bool,
+    table: Callable, caption: Callable, as_markdown: Callable,
 ) -> None:
+    """Print the speed table (or its markdown), write --json, list failures; shared by
+    inference and training measurements, each with its own table functions."""
     if not results:
         raise RunError(f"every measurement failed; the first: {failures[0]}")
     env = environment()
     if markdown:
-        console.print(train_bench_markdown(results, env), markup=False, highlight=False,
-                      soft_wrap=True)
+        console.print(as_markdown(results, env), markup=False, highlight=False, soft_wrap=True)
     else:
-        table = train_bench_table(results)
-        table.caption = train_bench_caption(results, env)
-        print_table(console, table)
+        rendered = table(results)
+        rendered.caption = caption(results, env)
+        print_table(console, rendered)
     if json_out is not None:
         atomic_write_json(json_out, {"environment": env, "results": [r.to_dict() for r in results]})
         info(f"wrote {json_out}")
