@@ -29,7 +29,6 @@ from .step import PhaseClock, Stepper
 
 AMP_OF_DTYPE = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}
 DTYPE_OF_AMP = {amp: dtype for dtype, amp in AMP_OF_DTYPE.items()}
-PHASES = ("data", "forward", "backward")
 
 
 @dataclass(frozen=True)
