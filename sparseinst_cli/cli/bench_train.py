@@ -9,8 +9,9 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..config import load_config
+from ..data.datasets import resolve_split
 from ..engine.benchmark import environment
-from ..engine.plan import fit_to_data, resolve_splits
+from ..engine.plan import fit_to_data
 from ..engine.train_speed import TrainBenchSettings, measure_training
 from ..errors import RunError, UserError
 from ..fileio import atomic_write_json
@@ -38,7 +39,7 @@ def bench_training(
             source = data or cfg.data.train
             if not source:
                 raise UserError(f"{name} names no training data; give --data (e.g. --data demo)")
-            train, _ = resolve_splits(source, lambda _message: None)
+            train = resolve_split(source, "train")
             fit_to_data(cfg, train, None, keys, lambda message, n=name: info(f"{n}: {message}"))
             jobs.append((Path(name).stem, cfg, train))
     results, failures = [], []

@@ -68,7 +68,6 @@ def quantize_convolutions(src: Path, dst: Path, calibration: Iterable[np.ndarray
             activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
             op_types_to_quantize=["Conv"], nodes_to_exclude=keep_float,
             calibrate_method=q.CalibrationMethod.MinMax,
-            extra_options={"CalibTensorRangeSymmetric": False},
         )
     if seen == 0:
         raise UserError("no calibration image: --data's split has no image to calibrate on")
