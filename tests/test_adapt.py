@@ -10,7 +10,7 @@ from train_support import TINY, Recorder, train
 from sparseinst_cli.config import load_config, override_keys
 from sparseinst_cli.data.crowded import make_crowded_dataset
 from sparseinst_cli.data.stats import SplitStats, split_stats
-from sparseinst_cli.engine.adapt import adapt_to_data, queries_for
+from sparseinst_cli.engine.adapt import TRAIN_WINDOW, adapt_to_data, queries_for
 
 
 def stats(**kw) -> SplitStats:
@@ -61,6 +61,25 @@ def test_small_objects_keep_their_native_size_unless_sizes_are_given():
     assert cfg.input.min_size_test == 256
 
 
+def test_small_objects_train_on_windows_unless_the_user_sets_them():
+    small = stats(median_object_size=14.0, median_short_side=360.0)
+    cfg = load_config("small")
+    notices = adapt_to_data(cfg, small, set())
+    assert cfg.input.train_window == TRAIN_WINDOW < max(cfg.input.min_size_train)
+    assert any(f"{TRAIN_WINDOW} px windows" in n for n in notices)
+    given = ["input.train_window=0"]
+    cfg = load_config("small", given)
+    assert not any("windows" in n for n in adapt_to_data(cfg, small, override_keys(given)))
+    assert cfg.input.train_window == 0
+    cfg = load_config("small")  # large objects: whole images
+    adapt_to_data(cfg, stats(median_short_side=360.0), set())
+    assert cfg.input.train_window == 0
+    cfg = load_config("demo", ["input.min_size_test=256"])  # images no larger than the window
+    adapt_to_data(cfg, stats(median_object_size=14.0, median_short_side=200.0),
+                  override_keys(["input.min_size_test=256"]))
+    assert cfg.input.train_window == 0
+
+
 def test_small_config_resolves_small_objects_without_the_stride_warning():
     cfg = load_config("small")
     notices = adapt_to_data(cfg, stats(median_object_size=14.0, median_short_side=360.0), set())
@@ -101,6 +120,7 @@ def test_chosen_values_reach_config_yaml_and_the_notice(crowded, tmp_path):
     assert saved["model"]["decoder"]["num_masks"] == queries_for(densest)
     assert any(f"{densest} instances" in n for n in rec.notices)
     assert saved["input"]["min_size_test"] > 256  # native size of the 320-400 px images
+    assert saved["input"]["train_window"] == TRAIN_WINDOW
     rec = Recorder()
     summary = train(crowded, tmp_path, base=_tiny_without("solver.max_iter", "solver.steps"),
                     recorder=rec)

@@ -153,3 +153,21 @@ def test_amp_auto_picks_bf16_only_where_the_cpu_has_it(monkeypatch):
     assert plan.check_amp("fp16", "cuda") == "fp16"
     with pytest.raises(UserError, match="not one of"):
         plan.check_amp("fp8", "cpu")
+
+
+def test_loader_workers_keep_the_cpu_value_and_grow_for_a_gpu(monkeypatch):
+    """CPU training keeps the config's few workers (they take cores from the step); a GPU gets
+    up to GPU_LOADER_WORKERS per process; --workers always wins, within the cores."""
+    from sparseinst_cli.engine import plan
+
+    monkeypatch.setattr(plan, "available_cpus", lambda: 16)
+    assert plan.loader_workers(None, 2, "cpu") == 2
+    assert plan.loader_workers(None, 2, "cuda") == plan.GPU_LOADER_WORKERS == 8
+    assert plan.loader_workers(None, 2, "cuda", processes=4) == 4
+    assert plan.loader_workers(None, 12, "cuda") == 12
+    assert plan.loader_workers(0, 2, "cuda") == 0
+    assert plan.loader_workers(40, 2, "cpu") == 16
+    monkeypatch.setattr(plan, "available_cpus", lambda: 2)
+    assert plan.loader_workers(None, 2, "cuda") == 2
+    with pytest.raises(UserError, match="0 or more"):
+        plan.loader_workers(-1, 2, "cpu")

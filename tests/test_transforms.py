@@ -1,4 +1,4 @@
-"""Augmentation geometry: size rule, flip, polygon resize, crop."""
+"""Augmentation geometry: size rule, flip, polygon resize, crop, training window."""
 
 import numpy as np
 import pytest
@@ -12,6 +12,7 @@ from sparseinst_cli.data.transforms import (
     crop,
     hflip,
     polygons_to_mask,
+    random_window,
     rasterize,
     resize,
     resize_image,
@@ -144,3 +145,35 @@ def test_apply_train_transforms_crop_branch_is_deterministic():
     out, labels, masks = runs[0]
     assert min(out.shape[:2]) in (64, 96) and masks.shape[1:] == out.shape[:2]
     assert len(labels) == len(masks) and masks.reshape(len(masks), -1).any(1).all()
+
+
+def test_random_window_stays_inside_and_covers_every_position():
+    rng = np.random.default_rng(0)
+    windows = [random_window(50, 70, 32, rng) for _ in range(2000)]
+    assert all(0 <= y0 <= 18 and 0 <= x0 <= 38 and (h, w) == (32, 32) for y0, x0, h, w in windows)
+    assert {y0 for y0, *_ in windows} == set(range(19))  # uniform: both ends are reached
+    assert {x0 for _, x0, *_ in windows} == set(range(39))
+    assert random_window(20, 70, 32, rng)[::2] == (0, 20)  # a short side smaller stays whole
+
+
+def test_training_window_cuts_image_and_masks_alike_after_the_resize():
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, size=(100, 120, 3), dtype=np.uint8)
+    inst = [Instance(i % 2, polygons=[square(24 * i, 20 * j, 24 * i + 12, 20 * j + 12)])
+            for i in range(5) for j in range(5)]  # a grid: any window holds some, not all
+    whole_cfg = TransformConfig(min_sizes=(200,), max_size=1000, flip_prob=0.0)
+    window_cfg = TransformConfig(min_sizes=(200,), max_size=1000, flip_prob=0.0, window=64)
+    whole, whole_labels, whole_masks = apply_train_transforms(
+        img, inst, whole_cfg, np.random.default_rng(5))
+    out, labels, masks = apply_train_transforms(img, inst, window_cfg, np.random.default_rng(5))
+    assert whole.shape == (200, 240, 3) and out.shape == (64, 64, 3)
+    # The window is a piece of the resized image, found where it matches exactly.
+    hits = [(y, x) for y in range(200 - 63) for x in range(240 - 63)
+            if np.array_equal(whole[y:y + 64, x:x + 64], out)]
+    assert len(hits) == 1
+    y, x = hits[0]
+    cut = whole_masks[:, y:y + 64, x:x + 64]
+    kept = cut.reshape(len(cut), -1).any(1)  # objects the window misses are dropped
+    assert 0 < kept.sum() < len(inst)
+    np.testing.assert_array_equal(masks, cut[kept])
+    assert labels.tolist() == whole_labels[kept].tolist()

@@ -1,4 +1,5 @@
-"""Training augmentation with detectron2 semantics: flip, shortest-edge resize, the "aug" crop.
+"""Training augmentation with detectron2 semantics: flip, shortest-edge resize, the "aug" crop,
+and optionally a random window of the resized image (mmdetection's RandomCrop after Resize).
 
 Geometry follows the official SparseInst mapper: polygons are moved as coordinates and
 rasterised once at the final size (pycocotools); bitmasks (from RLE) are flipped, cropped and
@@ -32,6 +33,7 @@ class TransformConfig:
     crop_prob: float = 0.5
     crop_resize_sizes: tuple[int, ...] = (400, 500, 600)
     crop_resize_max_size: int | None = None
+    window: int = 0  # > 0: a random window of at most window x window after the resize
 
 
 @dataclass
@@ -166,6 +168,14 @@ def rasterize(instances: list[Instance], h: int, w: int) -> tuple[np.ndarray, np
     return np.asarray(labels, np.int64), np.stack(masks)
 
 
+def random_window(
+    h: int, w: int, size: int, rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """(y0, x0, win_h, win_w): a uniformly placed window of at most size x size in (h, w)."""
+    win_h, win_w = min(size, h), min(size, w)
+    return int(rng.integers(h - win_h + 1)), int(rng.integers(w - win_w + 1)), win_h, win_w
+
+
 def random_crop_window(
     h: int, w: int, crop_size: tuple[int, int], rng: np.random.Generator
 ) -> tuple[int, int, int, int]:
@@ -193,8 +203,9 @@ def apply_train_transforms(
     """Augment one image: uint8 [H, W, 3] -> (uint8 [H', W', 3], labels [M], masks [M, H', W']).
 
     Order (official mapper): flip; with `crop_prob` (if enabled) resize the short side to one of
-    `crop_resize_sizes` and take a random absolute-range crop; then the multi-scale resize.
-    Instances whose mask ends up empty are dropped.
+    `crop_resize_sizes` and take a random absolute-range crop; then the multi-scale resize; then,
+    if `window` is set, a random window of at most `window` pixels a side. Instances whose mask
+    ends up empty are dropped; those the window cuts keep their visible part.
     """
     use_crop = cfg.crop_enabled and rng.random() < cfg.crop_prob
     if rng.random() < cfg.flip_prob:
@@ -206,6 +217,8 @@ def apply_train_transforms(
         y0, x0, ch, cw = random_crop_window(*image.shape[:2], cfg.crop_size, rng)
         image, instances = crop(image, instances, y0, x0, ch, cw)
     image, instances = _resize_shortest(image, instances, cfg.min_sizes, cfg.max_size, rng)
+    if cfg.window:
+        image, instances = crop(image, instances, *random_window(*image.shape[:2], cfg.window, rng))
     image = np.ascontiguousarray(image)
     labels, masks = rasterize(instances, *image.shape[:2])
     return image, labels, masks

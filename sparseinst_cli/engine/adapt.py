@@ -1,7 +1,7 @@
 """The training split shapes the config before a run: enough queries for its densest image,
-input sizes that keep small objects at their native size, a warning for objects too small for
-the mask stride. Pure functions of (config, statistics, what the user set); the choices are
-saved in the run's config.yaml, so eval and predict use them too.
+input sizes that keep small objects at their native size, training windows for small objects, a
+warning for objects too small for the mask stride. Pure functions of (config, statistics, what
+the user set); the choices are saved in the run's config.yaml, so eval and predict use them too.
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ SMALL_OBJECT_SIZE = 32  # COCO "small": under 32 x 32 pixels
 # 1.25x; 40.2 at 1.0-1.5x, tested at 1.5x; an iteration costs 1.45x as much).
 TRAIN_SCALES = (1.0, 1.125, 1.25, 1.5)
 RESOLVABLE_CELLS = 2  # an object narrower than two mask cells has no boundary of its own
+# Small objects train on random windows of the resized images: an iteration costs a fraction,
+# every window still holds many objects at full resolution, and its shape is always the same
+# (crowded stand-in, 12 minutes on one core: 46.7 AP with whole images, 531 iterations; 53.6 with
+# 320 px windows, 1,469 iterations).
+TRAIN_WINDOW = 320
 
 
 def queries_for(max_instances: int) -> int:
@@ -36,6 +41,7 @@ def adapt_to_data(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[s
         return []
     notices = _queries(cfg, stats, user_keys)
     notices += _input_sizes(cfg, stats, user_keys)
+    notices += _train_window(cfg, stats, user_keys)
     notices += _mask_stride(cfg, stats)
     return notices
 
@@ -80,6 +86,21 @@ def _input_sizes(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[st
         f"objects are small (median {stats.median_object_size:.0f} px): inputs around their "
         f"native size instead of shrinking them: input.min_size_train={inputs.min_size_train}, "
         f"input.min_size_test={inputs.min_size_test} (the largest training scale)"
+    ]
+
+
+def _train_window(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[str]:
+    """Small objects: train on windows of the resized images rather than whole images."""
+    inputs = cfg.input
+    if not stats.median_object_size < SMALL_OBJECT_SIZE or "input.train_window" in user_keys:
+        return []
+    if inputs.train_window or max(inputs.min_size_train) <= TRAIN_WINDOW:
+        return []
+    inputs.train_window = TRAIN_WINDOW
+    return [
+        f"objects are small: training on random {TRAIN_WINDOW} px windows of the resized images "
+        f"(input.train_window={TRAIN_WINDOW}; 0 trains on whole images), many more iterations in "
+        "the same time; testing uses whole images"
     ]
 
 

@@ -326,7 +326,7 @@ def transform_of(cfg: Config) -> TransformConfig:
     return TransformConfig(
         min_sizes=tuple(i.min_size_train), max_size=i.max_size_train, flip_prob=i.flip_prob,
         crop_enabled=i.crop_enabled, crop_size=tuple(i.crop_size), crop_prob=i.crop_prob,
-        crop_resize_sizes=tuple(i.crop_resize_sizes),
+        crop_resize_sizes=tuple(i.crop_resize_sizes), window=i.train_window,
     )
 
 

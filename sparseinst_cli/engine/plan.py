@@ -5,7 +5,6 @@ the config, the data and its classes, the batch split, precision, devices and th
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,13 @@ from ..data.stats import split_stats
 from ..errors import UserError
 from ..modeling.build import check_model_config
 from ..pretrained import resolve_backbone_weights
-from ..runtime import AMP_MODES, check_process_count, cpu_has_native_bf16, resolve_device
+from ..runtime import (
+    AMP_MODES,
+    available_cpus,
+    check_process_count,
+    cpu_has_native_bf16,
+    resolve_device,
+)
 from . import run_dir as files
 from .adapt import adapt_to_data
 from .distributed import under_torchrun
@@ -224,7 +229,8 @@ def prepare_new(options: TrainOptions, notice) -> TrainPlan:
     return TrainPlan(
         config=cfg.to_dict(), run_dir=str(run), train_split=train, val_split=val,
         val_images=n_val, class_names=names, category_ids=ids, world_size=options.gpus,
-        device_type=kind, device=device, workers=_workers(options, cfg),
+        device_type=kind, device=device,
+        workers=loader_workers(options.workers, cfg.data.num_workers, kind, options.gpus),
         eval_batch=max(1, cfg.solver.batch_size // options.gpus),
         weights=options.weights, backbone_weights=backbone,
         time_seconds=options.time_minutes * 60 if options.time_minutes else None,
@@ -256,17 +262,33 @@ def prepare_resume(options: TrainOptions, notice) -> TrainPlan:
         config=cfg.to_dict(), run_dir=str(run), train_split=train, val_split=val,
         val_images=n_val, class_names=list(ckpt["class_names"]),
         category_ids=list(ckpt["category_ids"]), world_size=options.gpus, device_type=kind,
-        device=device, workers=_workers(options, cfg),
+        device=device,
+        workers=loader_workers(options.workers, cfg.data.num_workers, kind, options.gpus),
         eval_batch=max(1, cfg.solver.batch_size // options.gpus), resume=True,
         stop_after=options.stop_after,
     )
 
 
-def _workers(options: TrainOptions, cfg: Config) -> int:
-    workers = cfg.data.num_workers if options.workers is None else options.workers
-    if workers < 0:
-        raise UserError(f"--workers must be 0 or more, got {workers}")
-    return min(workers, os.cpu_count() or 1)
+# Loader processes per GPU process when neither --workers nor the config asks for more: a GPU
+# steps faster than 2 workers decode and augment (H200, R-50 G-IAM batch 16 at 416-640: 0.26 s
+# per iteration with 2 workers, 0.22 s of it waiting for data; 0.11 s with 8), as Ultralytics
+# uses up to 8 per GPU.
+GPU_LOADER_WORKERS = 8
+
+
+def loader_workers(requested: int | None, configured: int, device_type: str,
+                   processes: int = 1) -> int:
+    """Data loader processes per training process: `requested` (--workers) when given, else
+    the config's `data.num_workers` (sized for CPU training, where workers take cores from
+    the step), raised on CUDA to up to GPU_LOADER_WORKERS; never more than the cores."""
+    cores = available_cpus()
+    if requested is not None:
+        if requested < 0:
+            raise UserError(f"--workers must be 0 or more, got {requested}")
+        return min(requested, cores)
+    if device_type == "cuda":
+        return max(configured, min(GPU_LOADER_WORKERS, cores // max(1, processes)))
+    return min(configured, cores)
 
 
 def prepare_plan(options: TrainOptions, notice) -> TrainPlan:

@@ -24,7 +24,7 @@ from ..runtime import available_cpus, keep_freed_memory, release_freed_memory, r
 from .benchmark import Stats
 from .distributed import DistContext
 from .loop import build_train_data
-from .plan import check_amp
+from .plan import check_amp, loader_workers
 from .step import PhaseClock, Stepper
 
 AMP_OF_DTYPE = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}
@@ -104,8 +104,7 @@ def measure_training(
     stepper = Stepper(build_model(cfg.model).to(device), cfg, ctx)
     source = CocoInstances(annotations=split.annotations, images=split.images,
                            filter_empty=cfg.data.filter_empty, names=split.names)
-    workers = cfg.data.num_workers if settings.workers is None else settings.workers
-    workers = min(workers, available_cpus())
+    workers = loader_workers(settings.workers, cfg.data.num_workers, device.type)
     batches = iter(build_train_data(cfg, source, ctx, workers=workers, start_iter=0))
     _reset_peak_memory(device)
     total = settings.warmup + settings.iters
