@@ -175,7 +175,8 @@ def train(
     device: Annotated[str | None, typer.Option(
         "--device", help="cpu, cuda or cuda:N (default: cuda when present).")] = None,
     workers: Annotated[int | None, typer.Option(
-        "--workers", help="Data loading processes per training process, e.g. 2.")] = None,
+        "--workers", help="Data loading processes per training process, e.g. 2 "
+        "(default: data.num_workers, raised to up to 8 on CUDA).")] = None,
     stop_after: Annotated[int | None, typer.Option(
         "--stop-after", hidden=True, help="Stop as if interrupted after N iterations.")] = None,
     overrides: OverridesArg = None,

@@ -57,8 +57,8 @@ def train_worker(
 ) -> TrainSummary:
     """One training process (rank `rank` of `plan.world_size`)."""
     ctx = DistContext(device=plan.device)
+    _set_threads(plan)  # also alone: whatever an earlier caller in this process set
     if plan.world_size > 1:
-        _set_threads(plan)
         ctx = init_group(
             rank=rank, world_size=plan.world_size, local_rank=rank,
             device_type=plan.device_type, init_method=init_method,
@@ -72,7 +72,8 @@ def train_worker(
 
 
 def _set_threads(plan: TrainPlan) -> None:
-    """CPU processes share the cores this run may use (its affinity mask); each takes its part."""
+    """CPU processes share the cores this run may use (its affinity mask); each takes its part.
+    The thread count picks oneDNN's kernels, and so the last bits of every result."""
     if plan.device_type == "cpu":
         torch.set_num_threads(max(1, available_cpus() // plan.world_size))
 
