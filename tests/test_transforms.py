@@ -12,7 +12,7 @@ from sparseinst_cli.data.transforms import (
     crop,
     hflip,
     polygons_to_mask,
-    random_window,
+    random_crop_window,
     rasterize,
     resize,
     resize_image,
@@ -148,12 +148,13 @@ def test_apply_train_transforms_crop_branch_is_deterministic():
 
 
 def test_random_window_stays_inside_and_covers_every_position():
+    """A fixed-size crop (the training window) is placed uniformly and stays inside."""
     rng = np.random.default_rng(0)
-    windows = [random_window(50, 70, 32, rng) for _ in range(2000)]
+    windows = [random_crop_window(50, 70, (32, 32), rng) for _ in range(2000)]
     assert all(0 <= y0 <= 18 and 0 <= x0 <= 38 and (h, w) == (32, 32) for y0, x0, h, w in windows)
     assert {y0 for y0, *_ in windows} == set(range(19))  # uniform: both ends are reached
     assert {x0 for _, x0, *_ in windows} == set(range(39))
-    assert random_window(20, 70, 32, rng)[::2] == (0, 20)  # a short side smaller stays whole
+    assert random_crop_window(20, 70, (32, 32), rng)[::2] == (0, 20)  # a smaller side stays whole
 
 
 def test_training_window_cuts_image_and_masks_alike_after_the_resize():

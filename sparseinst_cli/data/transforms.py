@@ -168,14 +168,6 @@ def rasterize(instances: list[Instance], h: int, w: int) -> tuple[np.ndarray, np
     return np.asarray(labels, np.int64), np.stack(masks)
 
 
-def random_window(
-    h: int, w: int, size: int, rng: np.random.Generator
-) -> tuple[int, int, int, int]:
-    """(y0, x0, win_h, win_w): a uniformly placed window of at most size x size in (h, w)."""
-    win_h, win_w = min(size, h), min(size, w)
-    return int(rng.integers(h - win_h + 1)), int(rng.integers(w - win_w + 1)), win_h, win_w
-
-
 def random_crop_window(
     h: int, w: int, crop_size: tuple[int, int], rng: np.random.Generator
 ) -> tuple[int, int, int, int]:
@@ -218,7 +210,8 @@ def apply_train_transforms(
         image, instances = crop(image, instances, y0, x0, ch, cw)
     image, instances = _resize_shortest(image, instances, cfg.min_sizes, cfg.max_size, rng)
     if cfg.window:
-        image, instances = crop(image, instances, *random_window(*image.shape[:2], cfg.window, rng))
+        window = random_crop_window(*image.shape[:2], (cfg.window, cfg.window), rng)
+        image, instances = crop(image, instances, *window)
     image = np.ascontiguousarray(image)
     labels, masks = rasterize(instances, *image.shape[:2])
     return image, labels, masks
