@@ -181,6 +181,9 @@ def apply_options(cfg: Config, options: TrainOptions, world: int, notice) -> Non
         solver.amp = options.amp
 
 
+MIN_TRAIN_WINDOW = 32  # one cell at the backbone's last stride
+
+
 def fit_to_data(
     cfg: Config, train: SplitSpec, val: SplitSpec | None, overrides: list[str], notice
 ) -> tuple:
@@ -195,6 +198,10 @@ def fit_to_data(
         cfg.model.num_classes = len(ids)
     for message in adapt_to_data(cfg, split_stats(train.annotations), override_keys(overrides)):
         notice(message)
+    window = cfg.input.train_window
+    if window and window < MIN_TRAIN_WINDOW:
+        raise UserError(f"input.train_window must be 0 (whole images) or at least "
+                        f"{MIN_TRAIN_WINDOW} px (the backbone's total stride), got {window}")
     check_model_config(cfg.model)
     build_criterion(cfg)
     return classes
