@@ -140,6 +140,22 @@ def test_bad_input_gets_one_clear_line(args, fault, status, words, inputs, tmp_p
     assert not left, f"files left behind: {left}"
 
 
+def test_corrupt_training_image_in_a_loader_worker_gets_one_line(tmp_path):
+    """A worker's error comes back wrapped in torch's traceback text; the user sees its line."""
+    from train_support import TINY
+
+    data = make_dataset(tmp_path / "coco", n_train=2, n_val=2)
+    (tmp_path / "coco" / "images" / "train" / "0000.png").write_bytes(b"\x89PNG not an image")
+    argv = [str(SCRIPT), "train", "-c", "demo", "--data", str(data), "--workers", "1",
+            "--project", str(tmp_path / "runs"), *TINY]
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**_clean_env(), "COLUMNS": "100"})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(errors) == 1 and "cannot read image" in errors[0] and "0000.png" in errors[0]
+
+
 def _clean_env() -> dict[str, str]:
     import os
 

@@ -79,8 +79,19 @@ _register()
 
 def _fail(message: str, code: int) -> None:
     # Escaped: a message may quote brackets ("pip install 'pkg[extra]'"), not markup.
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    message = escape(_worker_cause(message))
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+def _worker_cause(message: str) -> str:
+    """torch's DataLoader re-raises a worker's exception with the worker's traceback in its
+    message ("Caught UserError in DataLoader worker process 0. Original Traceback ..."); its
+    last line, "module.Class: text", holds the original message."""
+    if "\nOriginal Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    return last.split(": ", 1)[-1]
 
 
 def main() -> None:
