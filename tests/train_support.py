@@ -124,7 +124,8 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def assert_same_weights(a: dict, b: dict, *, atol: float = 1e-6) -> None:
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-5, msg=key)
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-5,
+                                   msg=lambda text, key=key: f"{key}: {text}")
 
 
 def large_result(rank: int, size: int) -> bytes:
