@@ -8,6 +8,7 @@ numbers, a fraction of the work.
 
 from __future__ import annotations
 
+import bisect
 import functools
 from dataclasses import dataclass
 
@@ -84,30 +85,104 @@ def resize_masks_thresholded(
     """[n, h/4, w/4] probabilities -> bool [n, H, W] at the original image size.
 
     Equals: bilinear to the padded size, crop to the resized image, bilinear to the original
-    size, `> threshold`. Each output row (column) reads only a few input rows (columns), so
-    both products run band by band instead of over the whole matrices.
+    size, `> threshold`. An output is a convex combination of a few inputs, so it can exceed
+    the threshold only next to an input that does: each mask is computed only over the box
+    its hot inputs reach (most of an image's 100 masks cover a small part of it), and masks
+    whose box is large run together, band by band (each output row or column reads only a
+    few input rows or columns).
     """
     dev, dtype = mask_probs.device, mask_probs.dtype
     n, low_h, low_w = mask_probs.shape
-    rows, row_bands = _banded_resize(low_h, padded_hw[0], image_hw[0], orig_hw[0], dev, dtype)
-    cols, col_bands = _banded_resize(low_w, padded_hw[1], image_hw[1], orig_hw[1], dev, dtype)
-    wide = torch.empty((n, low_h, orig_hw[1]), dtype=dtype, device=dev)  # [n, h/4, W]
-    for c0, c1, k0, k1 in col_bands:
-        wide[:, :, c0:c1] = mask_probs[:, :, k0:k1] @ cols[c0:c1, k0:k1].T
-    out = torch.empty((n, orig_hw[0], orig_hw[1]), dtype=torch.bool, device=dev)
-    for r0, r1, k0, k1 in row_bands:
-        torch.gt(rows[r0:r1, k0:k1] @ wide[:, k0:k1], threshold, out=out[:, r0:r1])
+    rows = _banded_resize(low_h, padded_hw[0], image_hw[0], orig_hw[0], dev, dtype)
+    cols = _banded_resize(low_w, padded_hw[1], image_hw[1], orig_hw[1], dev, dtype)
+    # a margin below the threshold: weights that sum to 1 + ulp must not hide an output
+    level = threshold - 1e-6
+    row_span = _hot_span(mask_probs.amax(2) > level)  # [n, 2] each, inclusive
+    col_span = _hot_span(mask_probs.amax(1) > level)
+    box_h, box_w = row_span[:, 1] - row_span[:, 0] + 1, col_span[:, 1] - col_span[:, 0] + 1
+    # multiply-adds of the two dense products over a mask's box against the banded ones'
+    out_h, out_w = box_h * orig_hw[0] / low_h, box_w * orig_hw[1] / low_w
+    box_cost = box_h * box_w * out_w + out_h * box_h * out_w
+    banded = box_cost > cols.band_cost * low_h + rows.band_cost * orig_hw[1]
+    large = torch.nonzero(banded)
+    out_shape = (n, orig_hw[0], orig_hw[1])
+    if len(large) == n:  # every mask is spread over the image (no zero fill needed)
+        return _banded_threshold(mask_probs, rows, cols, threshold, out_shape)
+    out = torch.zeros(out_shape, dtype=torch.bool, device=dev)
+    if len(large):
+        large = large.squeeze(1)
+        out[large] = _banded_threshold(mask_probs[large], rows, cols, threshold,
+                                       (len(large), *out_shape[1:]))
+    spans = torch.cat([row_span, col_span], 1).tolist()
+    for k, ((i0, i1, j0, j1), done) in enumerate(zip(spans, banded.tolist(), strict=True)):
+        if i0 > i1 or done:
+            continue  # no hot input (all False), or done above
+        row_reach, col_reach = rows.reach(i0, i1), cols.reach(j0, j1)
+        if row_reach is None or col_reach is None:
+            continue
+        (y0, y1, a0, a1), (x0, x1, b0, b1) = row_reach, col_reach
+        block = mask_probs[k, a0:a1, b0:b1] @ cols.matrix[x0:x1, b0:b1].T
+        block = rows.matrix[y0:y1, a0:a1] @ block
+        torch.gt(block, threshold, out=out[k, y0:y1, x0:x1])
     return out
+
+
+def _hot_span(hot: torch.Tensor) -> torch.Tensor:
+    """[n, L] bool -> [n, 2] first and last hot index (first > last when none is hot)."""
+    length = hot.shape[1]
+    first = torch.where(hot.any(1), hot.byte().argmax(1), length)  # hot: [n, L], small
+    last = length - 1 - hot.flip(1).byte().argmax(1)
+    return torch.stack([first, last], 1)
+
+
+def _banded_threshold(
+    mask_probs: torch.Tensor, rows: _Resize, cols: _Resize, threshold: float,
+    out_shape: tuple[int, int, int],
+) -> torch.Tensor:
+    """Both resizes over whole masks, band by band, then `> threshold`: bool `out_shape`."""
+    n, low_h, _ = mask_probs.shape
+    wide = torch.empty((n, low_h, out_shape[2]), dtype=mask_probs.dtype, device=mask_probs.device)
+    for c0, c1, k0, k1 in cols.bands:
+        wide[:, :, c0:c1] = mask_probs[:, :, k0:k1] @ cols.matrix[c0:c1, k0:k1].T
+    out = torch.empty(out_shape, dtype=torch.bool, device=mask_probs.device)
+    for r0, r1, k0, k1 in rows.bands:
+        torch.gt(rows.matrix[r0:r1, k0:k1] @ wide[:, k0:k1], threshold, out=out[:, r0:r1])
+    return out
+
+
+@dataclass(frozen=True)
+class _Resize:
+    """One axis's resize matrix [out, in] with what the band-wise products need."""
+
+    matrix: torch.Tensor
+    bands: list[tuple[int, int, int, int]]  # (out0, out1, in0, in1) per chunk of output rows
+    first: list[int]  # per output row: its first and last input with a non-zero weight
+    last: list[int]
+    band_cost: int  # multiply-adds of a banded product per vector it resizes
+
+    def reach(self, i0: int, i1: int) -> tuple[int, int, int, int] | None:
+        """Inputs i0..i1 (inclusive) -> the output rows [o0, o1) that read any of them and the
+        inputs [a0, a1) those outputs read; None when no output does (cropped padding)."""
+        o0 = bisect.bisect_left(self.last, i0)
+        o1 = bisect.bisect_right(self.first, i1)
+        if o0 >= o1:
+            return None
+        return o0, o1, self.first[o0], self.last[o1 - 1] + 1
 
 
 @functools.lru_cache(maxsize=64)
 def _banded_resize(
     low: int, padded: int, valid: int, orig: int, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
-    """`resize_matrix` and its row bands, built once per size (a video or a dataset repeats a
-    few sizes). Read-only: callers must not write to the matrix."""
+) -> _Resize:
+    """`resize_matrix` and its bands, built once per size (a video or a dataset repeats a few
+    sizes). Read-only: callers must not write to the matrix."""
     mat = resize_matrix(low, padded, valid, orig, device).to(dtype)
-    return mat, _row_bands(mat)
+    nonzero = mat != 0
+    first = nonzero.byte().argmax(1)
+    last = mat.shape[1] - 1 - nonzero.flip(1).byte().argmax(1)
+    bands = _row_bands(mat)
+    cost = sum((r1 - r0) * (k1 - k0) for r0, r1, k0, k1 in bands)
+    return _Resize(mat, bands, first.tolist(), last.tolist(), cost)
 
 
 def postprocess_image(
@@ -121,13 +196,19 @@ def postprocess_image(
     cls_threshold: float = 0.005,
     mask_threshold: float = 0.45,
     max_detections: int = 100,
+    min_score: float = 0.0,
 ) -> Instances:
-    """One image's raw outputs (logits [N,K], [N,1], [N,h,w]) -> Instances at its original size."""
+    """One image's raw outputs (logits [N,K], [N,1], [N,h,w]) -> Instances at its original size.
+    `min_score` > 0 drops instances whose final (rescored) score is lower before their masks
+    are resized (`predict --conf`); evaluation keeps them all."""
     scores, labels = instance_scores(pred_logits.float(), pred_scores.float())
     keep = torch.nonzero(scores > cls_threshold).squeeze(1)[:max_detections]
     scores, labels = scores[keep], labels[keep]
     probs = pred_masks[keep].float().sigmoid()
     scores = scores * mask_quality(probs, mask_threshold)
+    if min_score > 0:
+        confident = scores >= min_score
+        scores, labels, probs = scores[confident], labels[confident], probs[confident]
     masks = resize_masks_thresholded(
         probs, padded_hw=padded_hw, image_hw=image_hw, orig_hw=orig_hw, threshold=mask_threshold
     )
@@ -142,6 +223,7 @@ def postprocess(
     cls_threshold: float = 0.005,
     mask_threshold: float = 0.45,
     max_detections: int = 100,
+    min_score: float = 0.0,
 ) -> list[Instances]:
     """Batched raw outputs -> one Instances per image. Padded size is read from pred_masks."""
     padded = tuple(s * 4 for s in outputs["pred_masks"].shape[-2:])
@@ -156,14 +238,7 @@ def postprocess(
             cls_threshold=cls_threshold,
             mask_threshold=mask_threshold,
             max_detections=max_detections,
+            min_score=min_score,
         )
         for i in range(len(image_sizes))
     ]
-
-
-def filter_by_score(instances: Instances, min_score: float) -> Instances:
-    """Keep the instances whose final (rescored) score is at least `min_score`."""
-    keep = instances.scores >= min_score
-    return Instances(
-        masks=instances.masks[keep], scores=instances.scores[keep], labels=instances.labels[keep]
-    )

@@ -99,7 +99,10 @@ class Predictor:
             return self.model(images)
 
     @torch.inference_mode()
-    def postprocess(self, outputs: dict[str, torch.Tensor], batch: ImageBatch) -> list[Instances]:
+    def postprocess(
+        self, outputs: dict[str, torch.Tensor], batch: ImageBatch, min_score: float = 0.0
+    ) -> list[Instances]:
+        """Instances per image; `min_score` drops those with a lower final score."""
         return [
             Instances(masks=i.masks.cpu(), scores=i.scores.cpu(), labels=i.labels.cpu())
             for i in postprocess(
@@ -109,6 +112,7 @@ class Predictor:
                 cls_threshold=self.cls_threshold,
                 mask_threshold=self.mask_threshold,
                 max_detections=self.max_detections,
+                min_score=min_score,
             )
         ]
 

@@ -15,7 +15,7 @@ from pycocotools import mask as mask_util
 
 from ..errors import RunError, UserError
 from ..fileio import atomic_write_json, read_image_rgb, write_image
-from ..postprocess import Instances, filter_by_score
+from ..postprocess import Instances
 from ..predictor import Predictor
 from ..sources import SourceItem
 from ..visualize import draw_instances, instance_label_map
@@ -86,7 +86,7 @@ class _Runner:
         t1 = time.perf_counter()
         outputs = p.forward(batch)
         t2 = time.perf_counter()
-        results = [filter_by_score(i, self.opts.conf) for i in p.postprocess(outputs, batch)]
+        results = p.postprocess(outputs, batch, min_score=self.opts.conf)
         secs["pre"] += t1 - t0
         secs["model"] += t2 - t1
         secs["post"] += time.perf_counter() - t2
