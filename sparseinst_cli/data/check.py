@@ -7,7 +7,6 @@ returns is applied by `fix.py`, so the report and the cleaned JSON always agree.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -26,8 +25,7 @@ from sparseinst_cli.data.check_segm import (
     check_bbox,
     check_segmentation,
 )
-from sparseinst_cli.data.coco import REQUIRED_KEYS
-from sparseinst_cli.errors import UserError
+from sparseinst_cli.data.validate import load_raw_coco
 
 BAD_IMAGE_ENTRY = "bad image entry"
 DUPLICATE_IMAGE_ID = "duplicate image id"
@@ -150,23 +148,6 @@ def probe_image(path: Path) -> ImageProbe:
             Image.DecompressionBombError) as e:
         return ImageProbe(None, error=str(e).splitlines()[0] if str(e) else type(e).__name__)
     return ImageProbe(stored, orientation)
-
-
-def load_raw_coco(path: Path) -> dict:
-    """The JSON as a dict with list-valued images/annotations/categories; nothing validated."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise UserError(f"cannot read {path} ({e.strerror}); check the data YAML") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); give a COCO instances file") from e
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a COCO instances file: the top level is not an object")
-    bad = [k for k in REQUIRED_KEYS if not isinstance(data.get(k), list)]
-    if bad:
-        raise UserError(f"{path} is not a COCO instances file: no list under {', '.join(bad)}")
-    return data
 
 
 def check_dataset(
