@@ -49,6 +49,9 @@ def segmentation_to_instance(segm: list | dict, label: int, h: int, w: int) -> I
     if isinstance(segm, list):
         polys = [np.asarray(p, np.float64).reshape(-1, 2) for p in segm
                  if len(p) >= 6 and len(p) % 2 == 0]
+        for p in polys:  # the memory guard: pycocotools allocates along every edge
+            if not (np.isfinite(p).all() and (abs(p) <= 2 * max(h, w)).all()):
+                raise UserError(f"a polygon lies outside the {w}x{h} image; validate the data")
         return Instance(label, polygons=polys) if polys else None
     if isinstance(segm, dict) and "counts" in segm and "size" in segm:
         if list(segm["size"]) != [h, w]:

@@ -62,7 +62,7 @@ def load_raw_coco(path: Path) -> dict:
     return data
 
 
-def _is_int(v: object) -> bool:
+def is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -70,9 +70,9 @@ def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _size(v: object) -> int | None:
+def image_side(v: object) -> int | None:
     """An image side as an int (integral floats such as 480.0 accepted), else None."""
-    if _is_int(v):
+    if is_int(v):
         return v
     if isinstance(v, float) and v.is_integer():
         return int(v)
@@ -85,11 +85,11 @@ def _image_problem(img: object) -> str | None:
     missing = [k for k in ("id", "file_name", "height", "width") if k not in img]
     if missing:
         return f"lacks {', '.join(missing)}"
-    if not _is_int(img["id"]):
+    if not is_int(img["id"]):
         return f"has id {img['id']!r:.30}, not an integer"
     if not isinstance(img["file_name"], str) or not img["file_name"]:
         return "has no file_name string"
-    w, h = _size(img["width"]), _size(img["height"])
+    w, h = image_side(img["width"]), image_side(img["height"])
     if w is None or h is None or w <= 0 or h <= 0:
         return f"has width/height {img['width']!r:.20}/{img['height']!r:.20}, not positive integers"
     if max(w, h) > MAX_SIDE or w * h > MAX_IMAGE_PIXELS:
@@ -114,7 +114,7 @@ def _images(images: list, problems: list[Problem]) -> tuple[list[dict], dict[int
                                     "give every image its own id"))
             continue
         first[img["id"]] = img["file_name"]
-        w, h = _size(img["width"]), _size(img["height"])
+        w, h = image_side(img["width"]), image_side(img["height"])
         sizes[img["id"]] = (w, h)
         out.append({**img, "width": w, "height": h})
     return out, sizes
@@ -124,7 +124,7 @@ def _categories(categories: list, problems: list[Problem]) -> set[int]:
     ids: set[int] = set()
     for i, cat in enumerate(categories):
         where = f"categories[{i}]"
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+        if not isinstance(cat, dict) or not is_int(cat.get("id")):
             problems.append(Problem("bad category", where, "is not an object with an integer id"))
         elif "name" in cat and (not isinstance(cat["name"], str) or not cat["name"]):
             problems.append(Problem("bad category", f"category {cat['id']}",
@@ -139,9 +139,9 @@ def _categories(categories: list, problems: list[Problem]) -> set[int]:
 
 def _ann_problem(ann: dict, sizes: dict, cat_ids: set) -> tuple[str, str] | None:
     """(kind, detail) of a reference or scalar-field problem of an annotation, or None."""
-    if not _is_int(ann.get("image_id")) or ann["image_id"] not in sizes:
+    if not is_int(ann.get("image_id")) or ann["image_id"] not in sizes:
         return "unknown image", f"image_id {ann.get('image_id')!r:.30} is not in 'images'"
-    if not _is_int(ann.get("category_id")) or ann["category_id"] not in cat_ids:
+    if not is_int(ann.get("category_id")) or ann["category_id"] not in cat_ids:
         return ("unknown category",
                 f"category_id {ann.get('category_id')!r:.30} is not in 'categories'")
     if ann.get("iscrowd", 0) not in (0, 1) or isinstance(ann.get("iscrowd"), float):
@@ -163,12 +163,12 @@ def _ann_problem(ann: dict, sizes: dict, cat_ids: set) -> tuple[str, str] | None
 def _annotation(ann: object, i: int, seen: set, sizes: dict, cat_ids: set,
                 problems: list[Problem], repairs: Counter) -> dict | None:
     """The checked (and repaired) annotation, or None when it is dropped or broken."""
-    if not isinstance(ann, dict) or not _is_int(ann.get("id")):
+    if not isinstance(ann, dict) or not is_int(ann.get("id")):
         problems.append(Problem("bad annotation entry", f"annotations[{i}]",
                                 "is not an object with an integer id"))
         return None
     where = f"annotation {ann['id']}"
-    if _is_int(ann.get("image_id")) and ann["image_id"] in sizes:
+    if is_int(ann.get("image_id")) and ann["image_id"] in sizes:
         where += f" (image {ann['image_id']})"
     if ann["id"] in seen:
         problems.append(Problem("duplicate annotation id", where,
