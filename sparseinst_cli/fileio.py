@@ -30,7 +30,8 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb_uint8(img)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as e:
         raise UserError(f"cannot read image {path} ({e}); replace or remove the file") from e
 
 

@@ -77,6 +77,10 @@ PLANTED = {
     (OUT_OF_IMAGE, 1, 26),  # partly: clipped
     (OUT_OF_IMAGE, 2, 27),  # entirely: dropped
     (BAD_SEGMENTATION, 3, 28),
+    (chk.BAD_CATEGORY, None, None),
+    (chk.DUPLICATE_CATEGORY_ID, None, None),
+    (chk.BAD_ISCROWD, 3, 29),
+    (chk.BAD_AREA, 2, 3),  # area -5 on a good annotation: recomputed
 }
 
 
@@ -90,7 +94,8 @@ def write_dataset(root: Path) -> Path:
     save(images / "rotated.jpg", S, 48, exif_orientation=6)  # the loader sees 48x64
     (images / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     good = [ann(1, 1, [square(4, 4)]), ann(2, 1, [square(20, 20), square(40, 40)], category=2),
-            ann(3, 2, [square(10, 30, 12)]), ann(4, 3, [square(30, 10)], category=2),
+            {**ann(3, 2, [square(10, 30, 12)]), "area": -5},
+            ann(4, 3, [square(30, 10)], category=2),
             ann(5, 3, _rle(), crowd=1), ann(6, 6, [square(4, 4)]), ann(7, 7, [square(4, 4)]),
             ann(8, 8, _rle(), crowd=1), ann(9, 4, [square(4, 4)]), ann(10, 5, [square(4, 4)])]
     good += [ann(11 + k, 9, [square(4 + 10 * k, 4)]) for k in range(QUERIES + 1)]
@@ -99,6 +104,7 @@ def write_dataset(root: Path) -> Path:
            ann(23, 1, [square(4, 20), [1, 1, 5, 5]]), ann(24, 2, [[1, 1, 10, 1, 10, 10, 3]]),
            ann(25, 3, [[1, 1, 5, 1, 9, 1]]), ann(26, 1, [square(56, 30, 16)]),
            ann(27, 2, [square(100, 100)]), ann(28, 3, {"size": [32, 32], "counts": "PPYo1"}),
+           ann(29, 3, [square(4, 4)], crowd=2),
            "not an annotation"]
     data = {
         "info": {"description": "planted defects"},
@@ -107,7 +113,8 @@ def write_dataset(root: Path) -> Path:
                    image(7, "rotated.jpg", S, 48), image(8, "crowd.png"), image(9, "many.png"),
                    image(1, "a-again.png"), {"id": 10, "file_name": "x.png", "width": S}],
         "annotations": good + bad,
-        "categories": [{"id": 1, "name": "one"}, {"id": 2, "name": "two"}],
+        "categories": [{"id": 1, "name": "one"}, {"id": 2, "name": "two"},
+                       {"id": "3", "name": "three"}, {"id": 2, "name": "two again"}],
     }
     (root / "train.json").write_text(json.dumps(data))
     yaml_path = root / "data.yaml"

@@ -17,7 +17,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ..data.coco import load_coco_json
+from ..data.coco import load_coco_checked, load_coco_json
 from ..data.datasets import SplitSpec, resolve_split
 from ..engine.eval_jobs import EvalJob, EvalOutcome, run_eval, run_eval_parallel
 from ..engine.run_dir import new_run_dir
@@ -83,6 +83,9 @@ def evaluate(
         run_dir = new_run_dir(project, name)
     else:
         jobs = _jobs(weights, config, split, size, max_size, device, dtype, batch, workers, gpus)
+        _, notice = load_coco_checked(split.annotations)  # broken data stops before a model
+        if notice:
+            info(notice)
         run_dir = new_run_dir(project, name)
         records = [_run_job(label, job, gpus, run_dir, len(jobs)) for label, job in jobs]
     atomic_write_json(run_dir / "metrics.json", records)

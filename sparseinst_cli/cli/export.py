@@ -138,6 +138,8 @@ def _calibration_images(int8: bool, data: str | None, count: int) -> tuple[Path,
         split = resolve_split(data, "val")
     source = CocoInstances(annotations=split.annotations, images=split.images,
                            filter_empty=False)
+    if source.notice:
+        info(source.notice)
     ids = source.image_ids
     picked = np.linspace(0, len(ids) - 1, num=min(count, len(ids))).round().astype(int)
     return tuple(source.image_path(ids[i]) for i in dict.fromkeys(picked.tolist()))

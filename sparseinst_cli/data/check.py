@@ -7,7 +7,7 @@ returns is applied by `fix.py`, so the report and the cleaned JSON always agree.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -26,8 +26,7 @@ from sparseinst_cli.data.check_segm import (
     check_bbox,
     check_segmentation,
 )
-from sparseinst_cli.data.coco import REQUIRED_KEYS
-from sparseinst_cli.errors import UserError
+from sparseinst_cli.data.validate import image_side, is_int, load_raw_coco
 
 BAD_IMAGE_ENTRY = "bad image entry"
 DUPLICATE_IMAGE_ID = "duplicate image id"
@@ -35,7 +34,11 @@ MISSING_IMAGE = "missing image"
 UNREADABLE_IMAGE = "unreadable image"
 SIZE_MISMATCH = "size mismatch"
 EXIF_ROTATED = "EXIF-rotated"
+BAD_CATEGORY = "bad category"
+DUPLICATE_CATEGORY_ID = "duplicate category id"
 BAD_ANN_ENTRY = "bad annotation entry"
+BAD_ISCROWD = "bad iscrowd"
+BAD_AREA = "bad area"
 DUPLICATE_ANN_ID = "duplicate annotation id"
 UNKNOWN_IMAGE = "unknown image"
 UNKNOWN_CATEGORY = "unknown category"
@@ -49,13 +52,17 @@ FIX_ACTIONS: dict[str, str] = {  # kind -> what --fix does; the report's row ord
     UNREADABLE_IMAGE: "image and its annotations dropped",
     SIZE_MISMATCH: "width/height set to the real size",
     EXIF_ROTATED: "width/height set to the rotated size",
+    BAD_CATEGORY: "category dropped",
+    DUPLICATE_CATEGORY_ID: "later category dropped",
     BAD_ANN_ENTRY: "annotation dropped",
+    BAD_ISCROWD: "annotation dropped",
     DUPLICATE_ANN_ID: "later annotation dropped",
     UNKNOWN_IMAGE: "annotation dropped",
     UNKNOWN_CATEGORY: "annotation dropped",
     BAD_SEGMENTATION: "annotation dropped",
     BAD_POLYGON: "part dropped (annotation if none is left)",
     OUT_OF_IMAGE: "clipped to the image (dropped if entirely outside)",
+    BAD_AREA: "area recomputed",
     ZERO_AREA: "annotation dropped (area recomputed if only the field is 0)",
     CROWD_ONLY: "kept: training skips it",
     OVER_QUERIES: "kept: not every instance can be predicted",
@@ -90,6 +97,7 @@ class FixPlan:
     """The repair of a COCO dict, by list index: entries to drop and fields to replace."""
 
     drop_images: set[int] = field(default_factory=set)
+    drop_categories: set[int] = field(default_factory=set)
     image_updates: dict[int, dict] = field(default_factory=dict)
     drop_annotations: set[int] = field(default_factory=set)
     ann_updates: dict[int, dict] = field(default_factory=dict)
@@ -152,23 +160,6 @@ def probe_image(path: Path) -> ImageProbe:
     return ImageProbe(stored, orientation)
 
 
-def load_raw_coco(path: Path) -> dict:
-    """The JSON as a dict with list-valued images/annotations/categories; nothing validated."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise UserError(f"cannot read {path} ({e.strerror}); check the data YAML") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); give a COCO instances file") from e
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a COCO instances file: the top level is not an object")
-    bad = [k for k in REQUIRED_KEYS if not isinstance(data.get(k), list)]
-    if bad:
-        raise UserError(f"{path} is not a COCO instances file: no list under {', '.join(bad)}")
-    return data
-
-
 def check_dataset(
     annotations: Path, images: Path, *, num_queries: int = 100, workers: int | None = None,
     progress: ProgressFn | None = None,
@@ -186,7 +177,7 @@ def check_coco(
     findings: list[Finding] = []
     plan = FixPlan()
     declared, sizes = _check_images(data["images"], images, findings, plan, workers, progress)
-    cat_ids = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
+    cat_ids = _check_categories(data["categories"], findings, plan)
     per_image = _check_annotations(data["annotations"], cat_ids, declared, sizes, findings, plan)
     histogram = _image_counts(per_image, sizes, num_queries, findings)
     return DatasetReport(
@@ -202,11 +193,11 @@ def _entry_problem(img: object) -> str | None:
     missing = [k for k in ("id", "file_name", "height", "width") if k not in img]
     if missing:
         return f"lacks {', '.join(missing)}"
-    if not isinstance(img["id"], (int, str)) or isinstance(img["id"], bool):
-        return f"id {img['id']!r:.40} is not an integer or string"
-    if not isinstance(img["file_name"], str):
+    if not is_int(img["id"]):
+        return f"id {img['id']!r:.40} is not an integer"
+    if not isinstance(img["file_name"], str) or not img["file_name"]:
         return "file_name is not a string"
-    if not all(isinstance(img[k], int) and img[k] > 0 for k in ("height", "width")):
+    if not all((image_side(img[k]) or 0) > 0 for k in ("height", "width")):
         return "height/width are not positive integers"
     return None
 
@@ -248,6 +239,25 @@ def _image_entries(images: list, findings: list[Finding], plan: FixPlan) -> dict
             continue
         plan.drop_images.add(i)
     return first
+
+
+def _check_categories(categories: list, findings: list[Finding], plan: FixPlan) -> set[int]:
+    """Category entries: an integer id, unique, a string name when there is one."""
+    ids: set[int] = set()
+    for i, cat in enumerate(categories):
+        if not isinstance(cat, dict) or not is_int(cat.get("id")):
+            findings.append(Finding(BAD_CATEGORY, f"categories[{i}] has no integer id"))
+        elif "name" in cat and (not isinstance(cat["name"], str) or not cat["name"]):
+            findings.append(Finding(BAD_CATEGORY, f"category {cat['id']}: name "
+                                                  f"{cat['name']!r:.30} is not a string"))
+        elif cat["id"] in ids:
+            findings.append(Finding(DUPLICATE_CATEGORY_ID,
+                                    f"category id {cat['id']} is used by an earlier one"))
+        else:
+            ids.add(cat["id"])
+            continue
+        plan.drop_categories.add(i)
+    return ids
 
 
 def _get(entry: object, key: str) -> object:
@@ -314,20 +324,18 @@ def _check_annotations(
 def _ann_problem(i: int, ann: object, seen: set, cat_ids: set,
                  declared: set) -> tuple[str, str] | None:
     """Entry, id, image and category problems of an annotation: (kind, detail) or None."""
-    if not isinstance(ann, dict) or "id" not in ann or "image_id" not in ann:
-        return BAD_ANN_ENTRY, f"annotations[{i}] is not an object with id and image_id"
-    try:
-        duplicate = ann["id"] in seen
-        known_image = ann["image_id"] in declared
-    except TypeError:  # an unhashable id
-        return BAD_ANN_ENTRY, f"annotations[{i}]: id or image_id is not an integer or string"
-    if duplicate:
+    if not isinstance(ann, dict) or not is_int(ann.get("id")) or not is_int(ann.get("image_id")):
+        return BAD_ANN_ENTRY, f"annotations[{i}] is not an object with integer id and image_id"
+    known_image = ann["image_id"] in declared
+    if ann["id"] in seen:
         return DUPLICATE_ANN_ID, f"id {ann['id']} is used by an earlier annotation"
     if not known_image:
         return UNKNOWN_IMAGE, f"image_id {ann['image_id']!r} is not in 'images'"
     category = ann.get("category_id")
-    if isinstance(category, (list, dict)) or category not in cat_ids:
-        return UNKNOWN_CATEGORY, f"category_id {category!r} is not in 'categories'"
+    if not is_int(category) or category not in cat_ids:
+        return UNKNOWN_CATEGORY, f"category_id {category!r:.30} is not in 'categories'"
+    if ann.get("iscrowd", 0) not in (0, 1) or isinstance(ann.get("iscrowd"), float):
+        return BAD_ISCROWD, f"iscrowd {ann.get('iscrowd')!r:.30} is not 0 or 1"
     return None
 
 
@@ -342,8 +350,15 @@ def _check_geometry(i: int, ann: dict, size: tuple[int, int], findings: list[Fin
         plan.drop_annotations.add(i)
         return False
     recompute = verdict.recompute
-    if ann.get("area", None) == 0:
+    area = ann.get("area", None)
+    if area == 0:
         findings.append(Finding(ZERO_AREA, "the area field is 0 but the mask is not empty",
+                                ann["image_id"], ann["id"]))
+        recompute = True
+    elif area is not None and not (
+        isinstance(area, (int, float)) and not isinstance(area, bool) and 0 <= area < math.inf
+    ):
+        findings.append(Finding(BAD_AREA, f"area {area!r:.30} is not a finite number >= 0",
                                 ann["image_id"], ann["id"]))
         recompute = True
     bbox_problem = check_bbox(ann.get("bbox"), width, height)

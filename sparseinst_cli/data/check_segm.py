@@ -160,27 +160,12 @@ def rle_counts(counts: str | bytes) -> list[int]:
 def check_rle(segm: dict, width: int, height: int) -> SegmVerdict:
     """An RLE must carry the image's size [H, W] and run lengths that add up to H * W
     (pycocotools decodes past the mask's end otherwise)."""
-    problem = _rle_problem(segm, width, height)
+    from sparseinst_cli.data.validate_segm import rle_runs  # it imports this module
+
+    problem = rle_runs(segm, width, height)[1]
     if problem is None:
         return SegmVerdict()
     return SegmVerdict([(BAD_SEGMENTATION, problem)], drop=True)
-
-
-def _rle_problem(segm: dict, width: int, height: int) -> str | None:
-    size, counts = segm.get("size"), segm.get("counts")
-    if not isinstance(size, list) or len(size) != 2 or not all(
-        isinstance(v, int) for v in size
-    ):
-        return "an RLE without a size [H, W]"
-    if size != [height, width]:
-        return f"RLE size {size} differs from the image's [{height}, {width}]"
-    try:
-        runs = [int(v) for v in (counts if isinstance(counts, list) else rle_counts(counts))]
-    except (TypeError, ValueError, UnicodeEncodeError):
-        return "RLE counts are neither a list of numbers nor a COCO RLE string"
-    if sum(runs) != height * width or any(v < 0 for v in runs):
-        return f"RLE counts cover {sum(runs)} pixels, not {height}x{width}"
-    return None
 
 
 def check_segmentation(segm: object, width: int, height: int) -> SegmVerdict:
@@ -208,12 +193,16 @@ def check_segmentation(segm: object, width: int, height: int) -> SegmVerdict:
 
 def check_bbox(bbox: object, width: int, height: int) -> str | None:
     """Why a COCO bbox [x, y, w, h] leaves the W x H image, or None (absent bboxes pass)."""
-    if not isinstance(bbox, list) or len(bbox) != 4:
+    if bbox is None or bbox == []:
         return None
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        return "the bbox is not 4 numbers"
     try:
         x, y, w, h = (float(v) for v in bbox)
     except (TypeError, ValueError):
         return "the bbox is not 4 numbers"
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return "the bbox is not 4 finite numbers"
     tol = OUT_TOLERANCE
     if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
         return f"bbox {bbox} passes the border of the {width}x{height} image"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,68 +15,33 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from sparseinst_cli.data.transforms import Instance, TransformConfig, apply_train_transforms
+from sparseinst_cli.data.validate import load_raw_coco, validate_coco
 from sparseinst_cli.errors import UserError
 from sparseinst_cli.fileio import read_image_rgb
 
-REQUIRED_KEYS = ("images", "annotations", "categories")
 AUG_STREAM = 1  # seed-sequence tag of the per-sample augmentation RNG (see loader.py)
 
 
 def load_coco_json(path: str | Path) -> COCO:
-    """Read and validate a COCO instances JSON into a pycocotools COCO index (quietly).
+    """Read and validate a COCO instances JSON into a pycocotools COCO index (quietly)."""
+    return load_coco_checked(path)[0]
 
-    Annotations missing `iscrowd` get 0 and those missing `area` get their mask area, so
-    COCOeval can use any valid file.
+
+def load_coco_checked(path: str | Path) -> tuple[COCO, str | None]:
+    """(a pycocotools COCO index of the validated, repaired JSON, the repair notice or None).
+
+    Broken data raises UserError (see validate.py); annotations missing `iscrowd` get 0 and
+    those missing `area` get their mask area, so COCOeval can use any valid file.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"annotation file not found: {path}; check the path in your data YAML")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); give a COCO instances file") from e
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a COCO instances file: the top level is not an object")
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise UserError(
-            f"{path} is not a COCO instances file: missing key(s) {', '.join(missing)}"
-        )
-    _validate(data, path)
+    data, notice = validate_coco(load_raw_coco(path), path)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
-    for ann in data["annotations"]:
-        ann.setdefault("iscrowd", 0)
-        if "area" not in ann and ann.get("segmentation"):
-            ann["area"] = float(coco.annToMask(ann).sum())
-    return coco
-
-
-def _validate(data: dict, path: Path) -> None:
-    cat_ids = {c.get("id") for c in data["categories"]}
-    for img in data["images"]:
-        if not all(k in img for k in ("id", "file_name", "height", "width")):
-            raise UserError(f"{path}: image entry {img!r:.80} lacks id/file_name/height/width")
-    img_ids = {img["id"] for img in data["images"]}
-    for ann in data["annotations"]:
-        if ann.get("category_id") not in cat_ids:
-            raise UserError(
-                f"{path}: annotation {ann.get('id')} has category_id {ann.get('category_id')} "
-                "which is not in 'categories'"
-            )
-        if ann.get("image_id") not in img_ids:
-            raise UserError(
-                f"{path}: annotation {ann.get('id')} refers to unknown image_id "
-                f"{ann.get('image_id')}"
-            )
-        if "segmentation" not in ann:
-            raise UserError(
-                f"{path}: annotation {ann.get('id')} has no 'segmentation'; "
-                "SparseInst needs instance masks (polygons or RLE)"
-            )
+    return coco, notice
 
 
 def segmentation_to_instance(segm: list | dict, label: int, h: int, w: int) -> Instance | None:
@@ -85,6 +49,9 @@ def segmentation_to_instance(segm: list | dict, label: int, h: int, w: int) -> I
     if isinstance(segm, list):
         polys = [np.asarray(p, np.float64).reshape(-1, 2) for p in segm
                  if len(p) >= 6 and len(p) % 2 == 0]
+        for p in polys:  # the memory guard: pycocotools allocates along every edge
+            if not (np.isfinite(p).all() and (abs(p) <= 2 * max(h, w)).all()):
+                raise UserError(f"a polygon lies outside the {w}x{h} image; validate the data")
         return Instance(label, polygons=polys) if polys else None
     if isinstance(segm, dict) and "counts" in segm and "size" in segm:
         if list(segm["size"]) != [h, w]:
@@ -107,7 +74,7 @@ class CocoInstances:
     ) -> None:
         self.annotations = Path(annotations)
         self.images = Path(images)
-        self.coco = load_coco_json(self.annotations)
+        self.coco, self.notice = load_coco_checked(self.annotations)
         cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
         self.category_ids: list[int] = [int(c["id"]) for c in cats]
         self.class_names: list[str] = [str(c.get("name", c["id"])) for c in cats]

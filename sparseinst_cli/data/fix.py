@@ -22,6 +22,8 @@ def fixed_coco(data: dict, plan: FixPlan) -> dict:
         {**img, **plan.image_updates.get(i, {})}
         for i, img in enumerate(data["images"]) if i not in plan.drop_images
     ]
+    out["categories"] = [c for i, c in enumerate(data["categories"])
+                         if i not in plan.drop_categories]
     out["annotations"] = [
         {**ann, **plan.ann_updates.get(i, {})}
         for i, ann in enumerate(data["annotations"]) if i not in plan.drop_annotations

@@ -110,8 +110,10 @@ def check_amp(amp: str, device_type: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "none"
 
 
-def read_classes(train: SplitSpec, val: SplitSpec | None, filter_empty: bool) -> tuple:
-    """(class names, category ids, train images, val images) of the dataset; checks val."""
+def read_classes(train: SplitSpec, val: SplitSpec | None, filter_empty: bool,
+                 notice=None) -> tuple:
+    """(class names, category ids, train images, val images) of the dataset; checks val.
+    Both splits are validated here (data/validate.py); `notice` gets what was repaired."""
     source = CocoInstances(annotations=train.annotations, images=train.images,
                            filter_empty=filter_empty, names=train.names)
     if len(source) == 0:
@@ -129,6 +131,9 @@ def read_classes(train: SplitSpec, val: SplitSpec | None, filter_empty: bool) ->
                 f"split has {source.category_ids[:8]}; both splits need the same categories"
             )
         val_images = len(val_source)
+    for message in (source.notice, val_source.notice if val is not None else None):
+        if message and notice is not None:
+            notice(message)
     return source.class_names, source.category_ids, len(source), val_images
 
 
@@ -190,7 +195,7 @@ def fit_to_data(
     """The dataset's classes and statistics shape `cfg` (in place), which is then checked:
     a model or loss that cannot be built is refused before anything is written. Returns
     `read_classes`'s (class names, category ids, train images, val images)."""
-    classes = read_classes(train, val, cfg.data.filter_empty)
+    classes = read_classes(train, val, cfg.data.filter_empty, notice)
     ids = classes[1]
     if cfg.model.num_classes != len(ids):
         notice(f"the dataset has {len(ids)} classes: model.num_classes {cfg.model.num_classes} "
@@ -264,7 +269,7 @@ def prepare_resume(options: TrainOptions, notice) -> TrainPlan:
         raise UserError(f"the run's batch {cfg.solver.batch_size} cannot be split over "
                         f"{options.gpus} processes; pick another --gpus")
     train, val = resolve_splits(cfg.data.train, notice)
-    _, _, _, n_val = read_classes(train, val, cfg.data.filter_empty)
+    _, _, _, n_val = read_classes(train, val, cfg.data.filter_empty, notice)
     return TrainPlan(
         config=cfg.to_dict(), run_dir=str(run), train_split=train, val_split=val,
         val_images=n_val, class_names=list(ckpt["class_names"]),
