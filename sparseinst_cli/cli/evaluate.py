@@ -35,6 +35,7 @@ from .options import (
     GpusOpt,
     JsonOutOpt,
     MaxSizeOpt,
+    OverridesArg,
     SizeOpt,
     WeightsListOpt,
 )
@@ -70,19 +71,23 @@ def evaluate(
     ] = "exp",
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "fp32",
+    overrides: OverridesArg = None,
 ) -> None:
-    """COCO mask AP on a val split (coco_2017_val unless --data). Example:
-    sparseinst eval -w model.pth --data demo"""
+    """COCO mask AP on a val split (coco_2017_val unless --data). Examples:
+    sparseinst eval -w model.pth --data demo; sparseinst eval -w model.pth test.mask_threshold=0.5
+    """
     split = resolve_split(data or "coco_2017_val", "val")
     if results is not None:
-        if weights or config:
+        if weights or config or overrides:
             raise UserError(
-                "--results scores a results file without a model; drop --weights/--config"
+                "--results scores a results file without a model; drop --weights/--config "
+                "and KEY=VALUE"
             )
         records = [_score_file(results, split)]
         run_dir = new_run_dir(project, name)
     else:
-        jobs = _jobs(weights, config, split, size, max_size, device, dtype, batch, workers, gpus)
+        jobs = _jobs(weights, config, split, size, max_size, device, dtype, batch, workers, gpus,
+                     tuple(overrides or ()))
         run_dir = new_run_dir(project, name)
         records = [_run_job(label, job, gpus, run_dir, len(jobs)) for label, job in jobs]
     atomic_write_json(run_dir / "metrics.json", records)
@@ -96,6 +101,7 @@ def evaluate(
 def _jobs(
     weights: list[Path] | None, configs: list[str] | None, split: SplitSpec, size: int | None,
     max_size: int | None, device: str, dtype: str, batch: int | None, workers: int, gpus: int,
+    overrides: tuple[str, ...] = (),
 ) -> list[tuple[str, EvalJob]]:
     """Check every option before a model is built; one job per model."""
     specs = model_specs(weights, configs, command="eval")
@@ -116,6 +122,7 @@ def _jobs(
         (s.label, EvalJob(
             weights=s.weights, config=s.config, split=split, min_size=size, max_size=max_size,
             device=device, dtype=dtype, batch_size=batch or 1, num_workers=workers,
+            overrides=overrides,
         ))
         for s in specs
     ]
@@ -145,7 +152,8 @@ def _record(label: str, job: EvalJob, outcome: EvalOutcome) -> dict[str, Any]:
     return {
         "model": label, "weights": str(job.weights), "config": job.config,
         "data": job.split.name, "size": job.min_size, "max_size": job.max_size,
-        "dtype": job.dtype, "images": outcome.images, "seconds": outcome.seconds,
+        "dtype": job.dtype, "overrides": list(job.overrides), "images": outcome.images,
+        "seconds": outcome.seconds,
         "results": str(outcome.results_path), **outcome.metrics,
     }
 
