@@ -91,7 +91,8 @@ def _worker_cause(message: str) -> str:
 
 
 def main() -> None:
-    """Run the app (entry.main calls it): one line and an exit status for every failure; tracebacks on --debug."""
+    """Run the app (entry.main calls it): one line and an exit status for every failure;
+    tracebacks on --debug."""
     state.debug = "--debug" in sys.argv
     try:
         code = app(prog_name="sparseinst", standalone_mode=False)  # typer.Exit(n) returns n here

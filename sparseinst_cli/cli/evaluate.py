@@ -39,6 +39,7 @@ from .options import (
     SizeOpt,
     WeightsListOpt,
 )
+from .progress import PlainLines
 from .tables import ap_table, per_class_table, print_table
 from .targets import model_specs
 
@@ -213,6 +214,7 @@ class ImagesBar:
         self.label, self.quiet = label, quiet
         self._progress: Progress | None = None
         self._task: int | None = None
+        self._lines: PlainLines | None = None  # not on a terminal: plain lines instead
 
     def __getstate__(self) -> dict[str, Any]:
         return {"label": self.label, "quiet": self.quiet}
@@ -222,6 +224,10 @@ class ImagesBar:
 
     def __call__(self, done: int, total: int) -> None:
         if self.quiet:
+            return
+        if not console.is_terminal:
+            self._lines = self._lines or PlainLines(f"eval {self.label}")
+            self._lines.update(done, total)
             return
         if self._progress is None:
             self._progress = Progress(
