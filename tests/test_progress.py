@@ -53,3 +53,26 @@ def test_the_python_api_shows_tqdm_progress_when_asked(many_images, tiny_checkpo
     one = predictor.predict(paths[0]).instances
     # the same as one at a time (batched convolutions round differently in the last bits)
     assert np.allclose(preds[0].instances.scores.numpy(), one.scores.numpy(), atol=1e-5)
+
+
+def test_train_and_eval_write_the_same_kind_of_plain_lines(monkeypatch, capsys):
+    """Off a terminal, train's `iter k/N eta m:ss losses` and eval's `eval MODEL k/N` come from
+    the same mechanism (cli/progress.py), every $SPARSEINST_PROGRESS_EVERY seconds."""
+    from sparseinst_cli.cli.evaluate import ImagesBar
+    from sparseinst_cli.cli.train import RichTrainCallbacks
+
+    monkeypatch.setenv("SPARSEINST_PROGRESS_EVERY", "0")
+    callbacks = RichTrainCallbacks()
+    for iteration in (1, 2):
+        callbacks.on_iteration(iteration, 10, {"total_loss": 1.0, "loss_cls": 0.5}, 1e-3)
+    bar = ImagesBar("model.pth")
+    for done in (1, 3):
+        bar(done, 3)
+    out = capsys.readouterr().out
+    assert re.search(r"^iter 2/10 eta 0:\d\d loss 1\.00 \(cls 0\.50\) lr 1\.0e-03$", out, re.M)
+    assert re.findall(r"^eval model\.pth (\d)/3", out, re.M) == ["1", "3"]
+    monkeypatch.setenv("SPARSEINST_PROGRESS_EVERY", "3600")
+    bar = ImagesBar("model.pth")
+    for done in (1, 2, 3):
+        bar(done, 3)
+    assert re.findall(r"^eval model\.pth (\d)/3", capsys.readouterr().out, re.M) == ["1", "3"]

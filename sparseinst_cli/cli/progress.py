@@ -26,13 +26,14 @@ def plain_every() -> float:
 
 
 class PlainLines:
-    """`label done/total eta m:ss status`, at most one line per period, and the last one."""
+    """`label done/total eta m:ss status`: the first line, then at most one per period, and the
+    last one."""
 
     def __init__(self, label: str, *, every: float | None = None):
         self.label = label
         self.every = plain_every() if every is None else every
         self.done = 0
-        self._last = 0.0
+        self._last: float | None = None
         self._first: tuple[int, float] | None = None
 
     def advance(self, n: int, total: int | None) -> None:
@@ -43,7 +44,7 @@ class PlainLines:
         now = time.monotonic()
         if self._first is None:
             self._first = (done, now)
-        if now - self._last < self.every and done != total:
+        if self._last is not None and now - self._last < self.every and done != total:
             return
         self._last = now
         start_done, start = self._first
