@@ -6,6 +6,8 @@ Loading the weights is `loading.load_model`; this module runs the loaded model o
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,3 +126,27 @@ class Predictor:
 
     def predict(self, image: np.ndarray | str | Path) -> Prediction:
         return self.predict_batch([image])[0]
+
+    def predict_many(
+        self, images: Iterable[np.ndarray | str | Path], *, batch_size: int = 1,
+        progress: bool | None = None,
+    ) -> Iterator[Prediction]:
+        """Predictions of `images` (paths or RGB arrays), in order, `batch_size` at a time.
+
+        progress: a tqdm.auto bar on stderr (a widget in notebooks); None shows it when the
+        session is interactive (a notebook, a Python prompt, or stderr on a terminal).
+        """
+        items = images if isinstance(images, list | tuple) else list(images)
+        show = _interactive() if progress is None else progress
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(items), desc="predict", unit="img", disable=not show) as bar:
+            for start in range(0, len(items), max(1, batch_size)):
+                chunk = items[start : start + max(1, batch_size)]
+                yield from self.predict_batch(list(chunk))
+                bar.update(len(chunk))
+
+
+def _interactive() -> bool:
+    """A notebook, a Python prompt, or stderr on a terminal."""
+    return "ipykernel" in sys.modules or hasattr(sys, "ps1") or sys.stderr.isatty()

@@ -206,3 +206,20 @@ def test_eval_user_errors(args, message, handmade, tmp_path, monkeypatch, capsys
     code, _, err = run_cli(["eval", *args, "--project", tmp_path / "runs"], monkeypatch, capsys)
     assert code == 2 and message in err.replace("\n", " ")
     assert not (tmp_path / "runs").exists()  # nothing written on a user error
+
+
+def test_key_value_overrides_reach_the_model(synth, tmp_path, monkeypatch, capsys):
+    """`eval ... test.mask_threshold=0.5` evaluates other masks than the config's 0.45; an
+    unknown key is refused by name."""
+    root, data = synth
+    base = ["eval", "-w", root / "r50.pth", "-c", "r50_giam", "--data", data, "--size", SIZE,
+            "--project", tmp_path]
+    aps = []
+    for extra in ([], ["test.mask_threshold=0.5"]):
+        out = tmp_path / f"ap{len(aps)}.json"
+        code, _, err = run_cli([*base, "--json", out, *extra], monkeypatch, capsys)
+        assert code == 0, err
+        aps.append(json.loads(out.read_text())[0]["AP"])
+    assert aps[0] != aps[1]
+    code, _, err = run_cli([*base, "test.mask_treshold=0.5"], monkeypatch, capsys)
+    assert code == 2 and "mask_threshold" in err

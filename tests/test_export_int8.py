@@ -90,3 +90,14 @@ def test_int8_mistakes_are_refused_before_any_work(trained, args, message, monke
     args = [data if a == "DATA" else a for a in args]
     code, _, stderr = run_cli(["export", "-w", weights, *args], monkeypatch, capsys)
     assert code == 2 and message in stderr.replace("\n", " ")
+
+
+def test_bench_names_an_int8_graph_int8(int8_graph, tmp_path, monkeypatch, capsys):
+    """The row of an exported model shows the precision it was exported in, not fp32."""
+    out = tmp_path / "bench.json"
+    code, _, stderr = run_cli(["bench", "--weights", int8_graph, "--size", "96", "--warmup", "0",
+                               "--iters", "1", "--threads", "1", "--json", out],
+                              monkeypatch, capsys)
+    assert code == 0, stderr
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["dtype"] == "int8"

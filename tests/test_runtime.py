@@ -69,16 +69,17 @@ def test_reduced_precision_is_read_off_the_command_line(argv, reduced):
     ],
 )
 def test_spin_count_is_set_before_torch_loads(args, env, expected):
-    """The `sparseinst` entry point (sparseinst_cli.cli.app) sets it; printed as torch loads."""
+    """The `sparseinst` entry function (cli/entry.py) sets it; printed as torch loads."""
     code = (
         "import os, sys\n"
         "class Spy:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'torch':\n"
-        "            print(os.environ.get('GOMP_SPINCOUNT', 'unset'))\n"
-        "            sys.meta_path.remove(self)\n"
+        "            print(os.environ.get('GOMP_SPINCOUNT', 'unset'), flush=True)\n"
+        "            os._exit(0)\n"
         "sys.meta_path.insert(0, Spy())\n"
-        "import sparseinst_cli.cli.app\n"
+        "from sparseinst_cli.cli.entry import main\n"
+        "main()\n"
     )
     clean = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
     out = subprocess.run(
@@ -86,3 +87,22 @@ def test_spin_count_is_set_before_torch_loads(args, env, expected):
         capture_output=True, text=True, check=True,
     )
     assert out.stdout.strip() == expected
+
+
+def test_importing_the_app_reads_no_argv_and_sets_no_spin_count():
+    """A docs generator or a test that imports the Typer app gets no side effect from it."""
+    code = (
+        "import os, sys\n"
+        "class Tripwire(list):\n"
+        "    def _trip(self, *a, **k):\n"
+        "        raise AssertionError('sys.argv read at import')\n"
+        "    __iter__ = __getitem__ = __contains__ = __len__ = _trip\n"
+        "sys.argv = Tripwire()\n"
+        "import sparseinst_cli.cli.app\n"
+        "sys.argv = ['sparseinst']\n"
+        "print(os.environ.get('GOMP_SPINCOUNT', 'unset'))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    out = subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "unset"

@@ -1,5 +1,5 @@
-"""`sparseinst`: the Typer app, global options, the single error handler, and the OpenMP spin
-count chosen from the arguments before the commands (and torch) are imported."""
+"""`sparseinst`: the Typer app, global options and the single error handler. The console entry
+point (cli/entry.py) chooses the OpenMP spin count before importing this module."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from rich.markup import escape
 
 from .. import __version__
 from ..errors import RunError, UserError
-from ..runtime import set_spin_count
 from .console import err_console, state
 
 app = typer.Typer(
@@ -71,9 +70,6 @@ def _register() -> None:
     app.add_typer(data.app, name="data")
 
 
-# libgomp reads GOMP_SPINCOUNT once, when torch loads: the `sparseinst` command chooses it from its
-# arguments here, before the commands (and with them torch) are imported.
-set_spin_count(sys.argv)
 _register()
 
 
@@ -95,7 +91,8 @@ def _worker_cause(message: str) -> str:
 
 
 def main() -> None:
-    """Console entry point: one line and an exit status for every failure; tracebacks on --debug."""
+    """Run the app (entry.main calls it): one line and an exit status for every failure;
+    tracebacks on --debug."""
     state.debug = "--debug" in sys.argv
     try:
         code = app(prog_name="sparseinst", standalone_mode=False)  # typer.Exit(n) returns n here

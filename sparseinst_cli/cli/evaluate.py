@@ -35,9 +35,11 @@ from .options import (
     GpusOpt,
     JsonOutOpt,
     MaxSizeOpt,
+    OverridesArg,
     SizeOpt,
     WeightsListOpt,
 )
+from .progress import PlainLines
 from .tables import ap_table, per_class_table, print_table
 from .targets import model_specs
 
@@ -70,19 +72,23 @@ def evaluate(
     ] = "exp",
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "fp32",
+    overrides: OverridesArg = None,
 ) -> None:
-    """COCO mask AP on a val split (coco_2017_val unless --data). Example:
-    sparseinst eval -w model.pth --data demo"""
+    """COCO mask AP on a val split (coco_2017_val unless --data). Examples:
+    sparseinst eval -w model.pth --data demo; sparseinst eval -w model.pth test.mask_threshold=0.5
+    """
     split = resolve_split(data or "coco_2017_val", "val")
     if results is not None:
-        if weights or config:
+        if weights or config or overrides:
             raise UserError(
-                "--results scores a results file without a model; drop --weights/--config"
+                "--results scores a results file without a model; drop --weights/--config "
+                "and KEY=VALUE"
             )
         records = [_score_file(results, split)]
         run_dir = new_run_dir(project, name)
     else:
-        jobs = _jobs(weights, config, split, size, max_size, device, dtype, batch, workers, gpus)
+        jobs = _jobs(weights, config, split, size, max_size, device, dtype, batch, workers, gpus,
+                     tuple(overrides or ()))
         _, notice = load_coco_checked(split.annotations)  # broken data stops before a model
         if notice:
             info(notice)
@@ -99,6 +105,7 @@ def evaluate(
 def _jobs(
     weights: list[Path] | None, configs: list[str] | None, split: SplitSpec, size: int | None,
     max_size: int | None, device: str, dtype: str, batch: int | None, workers: int, gpus: int,
+    overrides: tuple[str, ...] = (),
 ) -> list[tuple[str, EvalJob]]:
     """Check every option before a model is built; one job per model."""
     specs = model_specs(weights, configs, command="eval")
@@ -119,6 +126,7 @@ def _jobs(
         (s.label, EvalJob(
             weights=s.weights, config=s.config, split=split, min_size=size, max_size=max_size,
             device=device, dtype=dtype, batch_size=batch or 1, num_workers=workers,
+            overrides=overrides,
         ))
         for s in specs
     ]
@@ -148,7 +156,8 @@ def _record(label: str, job: EvalJob, outcome: EvalOutcome) -> dict[str, Any]:
     return {
         "model": label, "weights": str(job.weights), "config": job.config,
         "data": job.split.name, "size": job.min_size, "max_size": job.max_size,
-        "dtype": job.dtype, "images": outcome.images, "seconds": outcome.seconds,
+        "dtype": job.dtype, "overrides": list(job.overrides), "images": outcome.images,
+        "seconds": outcome.seconds,
         "results": str(outcome.results_path), **outcome.metrics,
     }
 
@@ -208,6 +217,7 @@ class ImagesBar:
         self.label, self.quiet = label, quiet
         self._progress: Progress | None = None
         self._task: int | None = None
+        self._lines: PlainLines | None = None  # not on a terminal: plain lines instead
 
     def __getstate__(self) -> dict[str, Any]:
         return {"label": self.label, "quiet": self.quiet}
@@ -217,6 +227,10 @@ class ImagesBar:
 
     def __call__(self, done: int, total: int) -> None:
         if self.quiet:
+            return
+        if not console.is_terminal:
+            self._lines = self._lines or PlainLines(f"eval {self.label}")
+            self._lines.update(done, total)
             return
         if self._progress is None:
             self._progress = Progress(

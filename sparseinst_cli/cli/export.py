@@ -22,6 +22,7 @@ from ..export import (
 from ..loading import load_model
 from .console import console, info, state
 from .options import ConfigOpt, DataOpt, DeviceOpt, WeightsOpt
+from .progress import PlainLines
 
 CALIBRATION_IMAGES = 100
 
@@ -114,8 +115,15 @@ def export(
     )
     check_options(options)  # fail fast, before loading weights
     loaded = load_model(weights, config)
+    lines = None  # int8 calibration in a log file or pipe: plain progress lines
+    if options.int8 and not state.quiet and not console.is_terminal:
+        lines = PlainLines("calibrate")
+    total = len(options.calibration_images)
     try:
-        result = export_model(loaded, options, notify=info)
+        result = export_model(
+            loaded, options, notify=info,
+            progress=(lambda n: lines.advance(n, total)) if lines else None,
+        )
     except ParityError as exc:
         _render(exc.result)
         raise

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..engine.predict import PredictOptions, run_predict
@@ -24,6 +23,7 @@ from .options import (
     SizeOpt,
     WeightsOpt,
 )
+from .progress import progress_bar
 
 
 def predict(
@@ -90,17 +90,8 @@ def predict(
         save_json=save_json,
         save_masks=save_masks,
     )
-    with Progress(
-        TextColumn("[bold]predict"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=state.quiet,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("predict", total=len(items))
-        summary = run_predict(predictor, items, opts, lambda n: progress.advance(task, n))
+    with progress_bar("predict", len(items), quiet=state.quiet) as advance:
+        summary = run_predict(predictor, items, opts, advance)
     done = summary.images + summary.frames
     if done:
         _render_summary(summary, out)

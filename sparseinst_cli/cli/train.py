@@ -1,7 +1,6 @@
 """`sparseinst train`: parse -> TrainOptions -> engine run_training -> Rich progress and tables."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +21,7 @@ from ..engine.callbacks import RunInfo, TrainCallbacks, TrainSummary
 from ..engine.train import TrainOptions, run_training
 from .console import console, err_console, info, state
 from .options import BatchOpt, ConfigOpt, DataOpt, GpusOpt, OverridesArg, WeightsOpt
+from .progress import PlainLines
 from .tables import ap_table, per_class_table, print_table
 
 SHORT = {"loss_cls": "cls", "loss_mask_bce": "bce", "loss_dice": "dice", "loss_objectness": "obj",
@@ -39,14 +39,13 @@ def loss_text(losses: dict[str, float], lr: float) -> str:
 class RichTrainCallbacks(TrainCallbacks):
     """Progress bar (iteration, ETA, losses, lr), notices, skipped-weights and AP tables."""
 
-    def __init__(self, quiet: bool = False, log_every: float = 30.0):
+    def __init__(self, quiet: bool = False, log_every: float | None = None):
         self.quiet = quiet
         self.progress: Progress | None = None
         self.task: TaskID | None = None
         self.eval_task: TaskID | None = None
-        self.log_every = log_every  # seconds between plain lines when not on a terminal
-        self._last_line = 0.0
-        self._first: tuple[int, float] | None = None
+        # Not on a terminal (a log file or pipe): a plain line every log_every seconds.
+        self.lines = PlainLines("iter", every=log_every)
 
     def _print(self, renderable: Any) -> None:
         target = self.progress.console if self.progress is not None else err_console
@@ -97,22 +96,7 @@ class RichTrainCallbacks(TrainCallbacks):
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, completed=iteration, status=loss_text(losses, lr))
         elif not self.quiet:
-            self._plain_line(iteration, max_iter, loss_text(losses, lr))
-
-    def _plain_line(self, iteration: int, max_iter: int | None, status: str) -> None:
-        now = time.monotonic()
-        if self._first is None:
-            self._first = (iteration, now)
-        if now - self._last_line < self.log_every and iteration != max_iter:
-            return
-        self._last_line = now
-        done, start = self._first
-        eta = ""
-        if max_iter and iteration > done:
-            left = (max_iter - iteration) * (now - start) / (iteration - done)
-            eta = f" eta {int(left // 60)}:{int(left % 60):02d}"
-        console.print(f"iter {iteration}/{max_iter or '?'}{eta} {status}", highlight=False,
-                      soft_wrap=True)
+            self.lines.update(iteration, max_iter, loss_text(losses, lr))
 
     def on_eval_start(self, iteration: int, total: int) -> None:
         if self.progress is not None:

@@ -236,7 +236,7 @@ def benchmark(
         size=size,
         input_hw=tuple(int(s) for s in batch.images.shape[-2:]),
         device=str(predictor.device),
-        dtype=settings.dtype,
+        dtype=_precision(loaded) if exported else settings.dtype,
         batch=settings.batch,
         threads=threads,
         warmup=settings.warmup,
@@ -248,6 +248,11 @@ def benchmark(
         total_ms=Stats.of(totals),
         detections=float(np.mean(dets)) / settings.batch,
     )
+
+
+def _precision(loaded: LoadedModel) -> str:
+    """An exported model's precision as `sparseinst export` recorded it: fp32, fp16 or int8."""
+    return str(getattr(loaded.model, "metadata", {}).get("precision", "fp32"))
 
 
 def environment() -> dict[str, str]:

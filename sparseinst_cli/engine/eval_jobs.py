@@ -40,6 +40,7 @@ class EvalJob:
     dtype: str = "fp32"
     batch_size: int = 1
     num_workers: int = 0
+    overrides: tuple[str, ...] = ()  # KEY=VALUE on the model's config, e.g. test.mask_threshold=0.5
 
 
 @dataclass
@@ -92,7 +93,7 @@ def run_eval(
 ) -> EvalOutcome | None:
     """Evaluate `job` in this process (or as one rank of several); rank 0 writes the COCO
     results to `results_path` (when given) and gets the outcome."""
-    loaded = loaded or load_model(job.weights, job.config)
+    loaded = loaded or load_model(job.weights, job.config, list(job.overrides))
     loaded, note = align_categories(loaded, job.split)
     start = time.perf_counter()
     out = evaluate_split(

@@ -225,8 +225,12 @@ def _publish(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def export_model(loaded, options: ExportOptions, notify: Notify | None = None) -> ExportResult:
+def export_model(
+    loaded, options: ExportOptions, notify: Notify | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ExportResult:
     """Export `loaded` (a loading.LoadedModel) as `options` says; returns the checked result.
+    `progress(1)` is called after each int8 calibration image.
 
     Raises ParityError (nothing written) when the exported graph disagrees with PyTorch.
     """
@@ -240,7 +244,7 @@ def export_model(loaded, options: ExportOptions, notify: Notify | None = None) -
         if options.int8:
             count = len(options.calibration_images)
             notify(f"quantizing the convolutions to int8, calibrated on {count} images")
-            _quantize(tmp, loaded, options, plan)
+            _quantize(tmp, loaded, options, plan, progress)
         t1 = time.perf_counter()
         sizes = options.parity_sizes if plan.dynamic else (plan.size,)
         notify(f"checking against PyTorch at {', '.join(f'{h}x{w}' for h, w in sizes)}")
@@ -277,15 +281,21 @@ def _write(model, loaded, options: ExportOptions, plan: _Plan, tmp: Path) -> Non
         write_torchscript(module, example, tmp, metadata=metadata)
 
 
-def _quantize(tmp: Path, loaded, options: ExportOptions, plan: _Plan) -> None:
+def _quantize(
+    tmp: Path, loaded, options: ExportOptions, plan: _Plan,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Replace the fp32 graph in `tmp` by its int8 version (metadata kept)."""
-    batches = (
-        parity_batch(read_image_rgb(path), plan.size, plan.pixel_mean).images.numpy()
-        for path in options.calibration_images
-    )
+
+    def batches() -> Iterator[np.ndarray]:
+        for path in options.calibration_images:
+            yield parity_batch(read_image_rgb(path), plan.size, plan.pixel_mean).images.numpy()
+            if progress is not None:
+                progress(1)
+
     quantized = tmp.with_name(tmp.name + ".int8")
     try:
-        quantize_convolutions(tmp, quantized, batches)
+        quantize_convolutions(tmp, quantized, batches())
         os.replace(quantized, tmp)
     finally:
         quantized.unlink(missing_ok=True)
