@@ -86,7 +86,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_import_walk_sees_relative_and_absolute_imports():
     assert "sparseinst_cli.loading" in GRAPH["sparseinst_cli.predictor"]  # from .loading import
     assert "sparseinst_cli.data.transforms" in GRAPH["sparseinst_cli.data.coco"]  # absolute
-    assert "sparseinst_cli.engine.run_dir" in GRAPH["sparseinst_cli.engine.loop"]  # from . import
+    assert "sparseinst_cli.engine.run_dir" in GRAPH["sparseinst_cli.training.loop"]  # from ..eng
     assert "sparseinst_cli.cli.train" in GRAPH["sparseinst_cli.cli.app"]  # inside a function
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

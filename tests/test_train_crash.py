@@ -15,7 +15,7 @@ from train_support import TINY, make_dataset
 from typer.testing import CliRunner
 
 from sparseinst_cli.cli.app import app
-from sparseinst_cli.engine.state import read_train_state
+from sparseinst_cli.training.state import read_train_state
 
 WRITER = textwrap.dedent("""
     import sys, torch

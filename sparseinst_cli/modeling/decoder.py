@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from .fast.layers import is_plain_3x3
 from .init import c2_msra_fill, c2_xavier_fill
-from .layers import is_plain_3x3
 
 DECODER_KINDS = ("iam", "giam", "giam_softmax")
 # Initial inverse squared spread of the location prior, per stride-8 cell: a mask logit falls
