@@ -10,7 +10,7 @@ from sparseinst_cli.export import ExportOptions, export_model
 from sparseinst_cli.loading import load_model
 from sparseinst_cli.loading.onnx_backend import OnnxModel
 from sparseinst_cli.modeling.build import build_model
-from sparseinst_cli.modeling.decoder import activation_centres, centre_penalty
+from sparseinst_cli.modeling.small_head import activation_centres, centre_penalty
 
 SMALL = ["model.decoder.num_masks=16", "model.num_classes=2"]
 

@@ -7,9 +7,10 @@ import copy
 import torch
 from torch import nn
 
-from ..decoder import IAMDecoder, share_first_convs
+from ..decoder import IAMDecoder
 from ..encoder import InstanceContextEncoder
 from ..sparseinst import SparseInst
+from .first_convs import share_first_convs
 from .fuse import fold_frozen_bn
 from .nnpack import openmp_spins_briefly, use_nnpack_convs
 from .winograd import use_winograd_convs
