@@ -31,11 +31,11 @@ for path in (ROOT, ROOT / "benchmarks"):  # run from a checkout without installi
 
 from sparseinst_cli.data.coco import load_coco_json  # noqa: E402
 from sparseinst_cli.data.datasets import resolve_split  # noqa: E402
-from sparseinst_cli.engine.callbacks import RunInfo, TrainCallbacks, TrainSummary  # noqa: E402
 from sparseinst_cli.engine.eval_jobs import EvalJob, run_eval  # noqa: E402
-from sparseinst_cli.engine.plan import pick_device  # noqa: E402
-from sparseinst_cli.engine.train import TrainOptions, run_training  # noqa: E402
 from sparseinst_cli.evaluation import evaluate_segm  # noqa: E402
+from sparseinst_cli.training.callbacks import RunInfo, TrainCallbacks, TrainSummary  # noqa: E402
+from sparseinst_cli.training.launch import TrainOptions, run_training  # noqa: E402
+from sparseinst_cli.training.plan import pick_device  # noqa: E402
 
 COLUMNS = ("AP", "AP50", "AP75", "APs")
 

@@ -87,7 +87,7 @@ class InputConfig:
     crop_size: list[int] = field(default_factory=lambda: [384, 600])
     crop_resize_sizes: list[int] = field(default_factory=lambda: [400, 500, 600])
     # After the multi-scale resize, train on one random window of at most this many pixels a
-    # side (0: whole images). Chosen for small objects (engine/adapt.py); testing is unaffected.
+    # side (0: whole images). Chosen for small objects (training/adapt.py); testing is unaffected.
     train_window: int = 0
 
 

@@ -17,7 +17,7 @@ import torch
 from .fileio import read_image_rgb
 from .loading import LoadedModel, load_model
 from .modeling import SparseInst
-from .modeling.inference import optimize_for_inference
+from .modeling.fast.inference import optimize_for_inference
 from .postprocess import Instances, postprocess
 from .preprocess import ImageBatch, prepare_images
 from .runtime import autocast_context, keep_freed_memory, resolve_device, resolve_dtype

@@ -59,8 +59,8 @@ def r50_giam_official(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """Our checkpoint format for a tiny 3-class model (random init), for fast command tests."""
-    from sparseinst_cli.checkpoint import atomic_save, make_checkpoint
     from sparseinst_cli.config import load_config
+    from sparseinst_cli.loading.checkpoint import atomic_save, make_checkpoint
     from sparseinst_cli.modeling import build_model
 
     torch.manual_seed(0)

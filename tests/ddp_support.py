@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 
 from sparseinst_cli.engine.distributed import DistContext, init_group, shutdown
-from sparseinst_cli.engine.loop import TrainLoop
-from sparseinst_cli.engine.plan import TrainPlan
+from sparseinst_cli.training.loop import TrainLoop
+from sparseinst_cli.training.plan import TrainPlan
 
 # A DDP error (a missing all-reduce, a loss divided by the wrong count) changes a gradient by
 # the order of the gradient itself: 50-100% of its largest element (measured: 0.5 and more).

@@ -150,8 +150,8 @@ def run_case(path: Path, images: Path, preflight: bool) -> dict:
     from sparseinst_cli.data.fix import fixed_coco
     from sparseinst_cli.data.transforms import TransformConfig
     from sparseinst_cli.data.validate import load_raw_coco, validate_coco
-    from sparseinst_cli.engine.plan import read_classes
     from sparseinst_cli.errors import UserError
+    from sparseinst_cli.training.plan import read_classes
 
     outcomes = []
     try:

@@ -10,7 +10,7 @@ from train_support import TINY, Recorder, train
 from sparseinst_cli.config import load_config, override_keys
 from sparseinst_cli.data.crowded import make_crowded_dataset
 from sparseinst_cli.data.stats import SplitStats, split_stats
-from sparseinst_cli.engine.adapt import TRAIN_WINDOW, adapt_to_data, queries_for
+from sparseinst_cli.training.adapt import TRAIN_WINDOW, adapt_to_data, queries_for
 
 
 def stats(**kw) -> SplitStats:

@@ -26,7 +26,7 @@ from sparseinst_cli.engine.benchmark import (
 )
 from sparseinst_cli.fileio import read_image_rgb
 from sparseinst_cli.modeling.deform import DeformConv3x3
-from sparseinst_cli.modeling.fast_conv import NnpackConv3x3
+from sparseinst_cli.modeling.fast.nnpack import NnpackConv3x3
 from sparseinst_cli.predictor import Predictor, load_model
 
 SIZE = 256  # small inputs keep the tests fast; the shipped image becomes 256 x 341

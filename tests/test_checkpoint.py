@@ -8,15 +8,15 @@ import pytest
 import torch
 from conftest import official_state_dict
 
-from sparseinst_cli.checkpoint import (
+from sparseinst_cli.config import load_config
+from sparseinst_cli.errors import UserError
+from sparseinst_cli.loading.checkpoint import (
     atomic_save,
     load_weights,
     make_checkpoint,
     official_to_internal,
     read_checkpoint,
 )
-from sparseinst_cli.config import load_config
-from sparseinst_cli.errors import UserError
 from sparseinst_cli.modeling import build_model
 from sparseinst_cli.predictor import load_model
 

@@ -9,18 +9,18 @@ import torch
 from model_support import assert_batch_independent
 
 from sparseinst_cli.config import load_config
-from sparseinst_cli.engine.optim import param_groups
-from sparseinst_cli.engine.step import build_criterion
-from sparseinst_cli.losses import activation_mass_loss
-from sparseinst_cli.matcher import HungarianMatcher, anchor_affinity, resize_target_masks
 from sparseinst_cli.modeling.build import build_model
-from sparseinst_cli.modeling.decoder import (
+from sparseinst_cli.modeling.losses import activation_mass_loss
+from sparseinst_cli.modeling.matcher import HungarianMatcher, anchor_affinity, resize_target_masks
+from sparseinst_cli.modeling.small_head import (
     QueryAnchors,
     activation_centres,
     anchor_offsets,
     anchor_penalty,
     halton_points,
 )
+from sparseinst_cli.training.optim import param_groups
+from sparseinst_cli.training.step import build_criterion
 
 # Learned anchors instead of the small config's peak anchors.
 CROWDED = ["model.decoder.num_masks=16", "model.num_classes=1", "model.decoder.query_anchors=true",

@@ -18,7 +18,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from sparseinst_cli.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from sparseinst_cli.loading.coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from sparseinst_cli.predictor import Predictor
 
 DATA = Path(__file__).parent / "data"

@@ -36,7 +36,7 @@ from sparseinst_cli.export.parity import parity_batch  # noqa: E402
 from sparseinst_cli.export.torchscript import load_torchscript  # noqa: E402
 from sparseinst_cli.fileio import read_image_rgb  # noqa: E402
 from sparseinst_cli.loading import load_onnx_model  # noqa: E402
-from sparseinst_cli.onnx_backend import OnnxModel, raw_outputs_from_probs  # noqa: E402
+from sparseinst_cli.loading.onnx_backend import OnnxModel, raw_outputs_from_probs  # noqa: E402
 from sparseinst_cli.postprocess import instance_scores, postprocess_image  # noqa: E402
 from sparseinst_cli.predictor import Predictor, load_model  # noqa: E402
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch.autograd import gradcheck
 
-from sparseinst_cli.modeling.decoder import (
+from sparseinst_cli.modeling.decoder import InstanceBranch
+from sparseinst_cli.modeling.small_head import (
     CentrePenalty,
-    InstanceBranch,
     SigmoidNormalise,
     centre_penalty,
     subtract_centre_penalty,

@@ -6,13 +6,13 @@ import pytest
 import torch
 from conftest import LAYOUT_TO_ZOO, official_state_dict
 
-from sparseinst_cli.checkpoint import load_weights
 from sparseinst_cli.config import load_config
+from sparseinst_cli.loading.checkpoint import load_weights
 from sparseinst_cli.modeling import build_model
-from sparseinst_cli.modeling.fast_conv import NnpackConv3x3, nnpack_available, use_nnpack_convs
-from sparseinst_cli.modeling.fuse import fold_bn_unchecked
-from sparseinst_cli.modeling.inference import optimize_for_inference
-from sparseinst_cli.modeling.winograd import WinogradConv3x3
+from sparseinst_cli.modeling.fast.fuse import fold_bn_unchecked
+from sparseinst_cli.modeling.fast.inference import optimize_for_inference
+from sparseinst_cli.modeling.fast.nnpack import NnpackConv3x3, nnpack_available, use_nnpack_convs
+from sparseinst_cli.modeling.fast.winograd import WinogradConv3x3
 
 
 @pytest.mark.parametrize("nnpack", [False, True], ids=["onednn", "nnpack+winograd"])
@@ -53,7 +53,7 @@ def test_folding_refuses_a_wrong_pairing():
     """A conv followed (in registration order) by a BN that it does not feed is left alone."""
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    from sparseinst_cli.modeling.fuse import fold_frozen_bn
+    from sparseinst_cli.modeling.fast.fuse import fold_frozen_bn
 
     class Misordered(torch.nn.Module):
         def __init__(self):

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from sparseinst_cli import losses
 from sparseinst_cli.errors import UserError
-from sparseinst_cli.losses import (
+from sparseinst_cli.modeling import losses
+from sparseinst_cli.modeling.losses import (
     SparseInstCriterion,
     average_num_instances,
     dice_loss,
@@ -17,7 +17,7 @@ from sparseinst_cli.losses import (
     mask_iou,
     sigmoid_focal_loss,
 )
-from sparseinst_cli.matcher import HungarianMatcher
+from sparseinst_cli.modeling.matcher import HungarianMatcher
 
 EPS = 1e-4
 LN2 = math.log(2.0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparseinst_cli.errors import RunError, UserError
-from sparseinst_cli.matcher import HungarianMatcher, matching_cost, resize_target_masks
+from sparseinst_cli.modeling.matcher import HungarianMatcher, matching_cost, resize_target_masks
 
 OFFICIAL_MATCHER = HungarianMatcher(alpha=0.8, beta=0.2, anchor_power=0.0)
 

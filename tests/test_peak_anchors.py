@@ -9,11 +9,11 @@ import torch
 from model_support import assert_batch_independent
 
 from sparseinst_cli.config import load_config
-from sparseinst_cli.engine.step import build_criterion
 from sparseinst_cli.errors import UserError
-from sparseinst_cli.losses import centre_focal_loss, centre_targets
 from sparseinst_cli.modeling.build import build_model
-from sparseinst_cli.modeling.decoder import PeakAnchors, heatmap_peaks
+from sparseinst_cli.modeling.losses import centre_focal_loss, centre_targets
+from sparseinst_cli.modeling.small_head import PeakAnchors, heatmap_peaks
+from sparseinst_cli.training.step import build_criterion
 
 PEAKS = ["model.decoder.num_masks=16", "model.num_classes=1"]  # small has peak anchors
 

@@ -8,10 +8,10 @@ from cli_support import run_cli_process
 from safetensors.torch import save_file
 from train_support import TINY, Recorder, make_dataset, train
 
-from sparseinst_cli.engine.weights import load_backbone_weights
 from sparseinst_cli.errors import RunError, UserError
+from sparseinst_cli.loading.pretrained import resolve_backbone_weights
 from sparseinst_cli.modeling.backbone import TimmBackbone
-from sparseinst_cli.pretrained import resolve_backbone_weights
+from sparseinst_cli.training.weights import load_backbone_weights
 
 TAG = "resnet18.a1_in1k"
 REVISION = "0" * 40

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from conftest import DATA, LAYOUT_TO_ZOO, official_state_dict
 from pycocotools import mask as mask_util
 
-from sparseinst_cli.checkpoint import compare_state_dicts, internal_state_dict
 from sparseinst_cli.config import load_config
 from sparseinst_cli.data.coco import read_image_rgb
+from sparseinst_cli.loading.checkpoint import compare_state_dicts, internal_state_dict
 from sparseinst_cli.modeling import build_model
 from sparseinst_cli.postprocess import postprocess
 from sparseinst_cli.predictor import Predictor

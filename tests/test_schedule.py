@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparseinst_cli.engine.schedule import LRController, TimeBudget, WarmupMultiStep
+from sparseinst_cli.training.schedule import LRController, TimeBudget, WarmupMultiStep
 
 OFFICIAL = WarmupMultiStep(max_iter=270000, steps=(210000, 250000), gamma=0.1,
                            warmup_iters=1000, warmup_factor=0.001)

@@ -8,9 +8,9 @@ from model_support import assert_batch_independent
 from sparseinst_cli.config import load_config
 from sparseinst_cli.export import ExportOptions, export_model
 from sparseinst_cli.loading import load_model
+from sparseinst_cli.loading.onnx_backend import OnnxModel
 from sparseinst_cli.modeling.build import build_model
-from sparseinst_cli.modeling.decoder import activation_centres, centre_penalty
-from sparseinst_cli.onnx_backend import OnnxModel
+from sparseinst_cli.modeling.small_head import activation_centres, centre_penalty
 
 SMALL = ["model.decoder.num_masks=16", "model.num_classes=2"]
 

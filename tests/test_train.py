@@ -9,10 +9,10 @@ import pytest
 import torch
 from train_support import SMALL_HEAD, Recorder, assert_same_weights, make_dataset, train, weights
 
-from sparseinst_cli.checkpoint import read_checkpoint
 from sparseinst_cli.engine import run_dir as files
 from sparseinst_cli.errors import UserError
-from sparseinst_cli.losses import SparseInstCriterion
+from sparseinst_cli.loading.checkpoint import read_checkpoint
+from sparseinst_cli.modeling.losses import SparseInstCriterion
 
 R50_SMALL = (
     "input.min_size_train=[64]", "input.max_size_train=128", "input.min_size_test=64",
@@ -144,7 +144,7 @@ def test_bf16_and_gradient_clipping_train(data, tmp_path):
 
 
 def test_amp_auto_picks_bf16_only_where_the_cpu_has_it(monkeypatch):
-    from sparseinst_cli.engine import plan
+    from sparseinst_cli.training import plan
 
     monkeypatch.setattr(plan, "cpu_has_native_bf16", lambda: True)
     assert plan.check_amp("auto", "cpu") == "bf16"
@@ -158,7 +158,7 @@ def test_amp_auto_picks_bf16_only_where_the_cpu_has_it(monkeypatch):
 def test_loader_workers_keep_the_cpu_value_and_grow_for_a_gpu(monkeypatch):
     """CPU training keeps the config's few workers (they take cores from the step); a GPU gets
     up to GPU_LOADER_WORKERS per process; --workers always wins, within the cores."""
-    from sparseinst_cli.engine import plan
+    from sparseinst_cli.training import plan
 
     monkeypatch.setattr(plan, "available_cpus", lambda: 16)
     assert plan.loader_workers(None, 2, "cpu") == 2

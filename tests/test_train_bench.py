@@ -12,9 +12,9 @@ from train_support import TINY, make_dataset
 
 from sparseinst_cli.config import load_config, parse_overrides
 from sparseinst_cli.data.datasets import resolve_split
-from sparseinst_cli.engine import train_speed
-from sparseinst_cli.engine.step import Stepper
-from sparseinst_cli.engine.train_speed import TrainBenchSettings, measure_training
+from sparseinst_cli.training import speed as train_speed
+from sparseinst_cli.training.speed import TrainBenchSettings, measure_training
+from sparseinst_cli.training.step import Stepper
 
 
 @pytest.fixture(scope="module")

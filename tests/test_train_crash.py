@@ -15,12 +15,12 @@ from train_support import TINY, make_dataset
 from typer.testing import CliRunner
 
 from sparseinst_cli.cli.app import app
-from sparseinst_cli.engine.state import read_train_state
+from sparseinst_cli.training.state import read_train_state
 
 WRITER = textwrap.dedent("""
     import sys, torch
     from sparseinst_cli.config import Config
-    from sparseinst_cli.engine.state import Labels, save_train_state
+    from sparseinst_cli.training.state import Labels, save_train_state
     model = torch.nn.Linear(4000, 10000)  # 160 MB: every write takes a while
     for i in range(1, 1000):
         save_train_state(sys.argv[1], model=model, cfg=Config(), labels=Labels(["a"], [1]),

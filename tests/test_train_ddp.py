@@ -26,7 +26,7 @@ from train_support import (
 )
 
 from sparseinst_cli.engine.distributed import free_port, spawn
-from sparseinst_cli.engine.plan import TrainOptions, prepare_plan
+from sparseinst_cli.training.plan import TrainOptions, prepare_plan
 
 STEPS = ("solver.max_iter=3", "solver.eval_period=0", "solver.checkpoint_period=0")
 LR = 1e-3  # TINY's solver.lr

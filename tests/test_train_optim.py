@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from sparseinst_cli.config import SolverConfig, load_config
-from sparseinst_cli.engine.optim import build_optimizer, param_groups
-from sparseinst_cli.engine.weights import load_backbone_weights, skipped_rows
 from sparseinst_cli.errors import UserError
 from sparseinst_cli.modeling import build_model
 from sparseinst_cli.modeling.backbone import TimmBackbone
+from sparseinst_cli.training.optim import build_optimizer, param_groups
+from sparseinst_cli.training.weights import load_backbone_weights, skipped_rows
 
 
 class Net(nn.Module):
@@ -92,7 +92,7 @@ def test_a_checkpoint_of_another_backbone_is_refused(tmp_path):
 
 
 def test_skipped_rows_say_why():
-    from sparseinst_cli.checkpoint import LoadReport
+    from sparseinst_cli.loading.checkpoint import LoadReport
 
     report = LoadReport(missing=["a"], unexpected=["b"],
                         mismatched=[("decoder.inst_branch.cls_score.weight", (80, 8), (3, 8))])

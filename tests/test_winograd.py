@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from conftest import LAYOUT_TO_ZOO, official_state_dict
 from torch import nn
 
-from sparseinst_cli.checkpoint import load_weights
 from sparseinst_cli.config import load_config
+from sparseinst_cli.loading.checkpoint import load_weights
 from sparseinst_cli.modeling import build_model
-from sparseinst_cli.modeling.inference import optimize_for_inference
-from sparseinst_cli.modeling.winograd import (
+from sparseinst_cli.modeling.fast.inference import optimize_for_inference
+from sparseinst_cli.modeling.fast.winograd import (
     WinogradConv3x3,
     transform_weights,
     use_winograd_convs,

@@ -9,8 +9,8 @@ import torch
 import yaml
 from PIL import Image
 
-from sparseinst_cli.engine.callbacks import TrainCallbacks, no_callbacks
-from sparseinst_cli.engine.train import TrainOptions, run_training
+from sparseinst_cli.training.callbacks import TrainCallbacks, no_callbacks
+from sparseinst_cli.training.launch import TrainOptions, run_training
 
 CATEGORY_IDS = (2, 5, 9)  # not contiguous on purpose
 COLOURS = ((220, 60, 40), (40, 190, 60), (50, 80, 230))

@@ -20,11 +20,11 @@ from ..engine.benchmark import (
     trust_warnings,
 )
 from ..engine.eval_jobs import EvalJob, run_eval
-from ..engine.train_speed import TrainBenchSettings
 from ..errors import UserError
 from ..fileio import read_image_rgb
 from ..loading import LoadedModel, load_model
 from ..runtime import available_cpus, resolve_device, resolve_dtype
+from ..training.speed import TrainBenchSettings
 from .bench_train import bench_training, report
 from .console import console, info, state
 from .options import (

@@ -11,10 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..config import load_config
 from ..data.datasets import resolve_split
 from ..engine.benchmark import environment
-from ..engine.plan import fit_to_data
-from ..engine.train_speed import TrainBenchSettings, measure_training
 from ..errors import RunError, UserError
 from ..fileio import atomic_write_json
+from ..training.plan import fit_to_data
+from ..training.speed import TrainBenchSettings, measure_training
 from .console import console, info, state
 from .tables import (
     print_table,

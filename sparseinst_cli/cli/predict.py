@@ -10,8 +10,8 @@ from rich.table import Table
 
 from ..engine.predict import PredictOptions, run_predict
 from ..errors import RunError, UserError
+from ..media.sources import expand_sources
 from ..predictor import Predictor
-from ..sources import expand_sources
 from .console import console, info, state
 from .options import (
     BatchOpt,

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..engine.benchmark import BenchResult
-from ..engine.train_speed import TrainBenchResult
+from ..training.speed import TrainBenchResult
 
 AP_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 AP_HEADERS = {"AR100": "AR"}  # AR = AR@100 detections, pycocotools' last recall summary

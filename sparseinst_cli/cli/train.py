@@ -17,8 +17,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..engine.callbacks import RunInfo, TrainCallbacks, TrainSummary
-from ..engine.train import TrainOptions, run_training
+from ..training.callbacks import RunInfo, TrainCallbacks, TrainSummary
+from ..training.launch import TrainOptions, run_training
 from .console import console, err_console, info, state
 from .options import BatchOpt, ConfigOpt, DataOpt, GpusOpt, OverridesArg, WeightsOpt
 from .progress import PlainLines

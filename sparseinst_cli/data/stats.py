@@ -1,7 +1,7 @@
 """What a training split looks like: instances per image, object sizes, image sizes.
 
 Read from the COCO JSON alone (no image is opened), so it costs a second even for COCO.
-`engine/adapt.py` sizes the model and the inputs from it.
+`training/adapt.py` sizes the model and the inputs from it.
 """
 
 from __future__ import annotations

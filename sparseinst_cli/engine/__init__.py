@@ -1,5 +1,4 @@
-"""Long-running loops (train, evaluate, benchmark); they report progress through callbacks.
-
-Training reads in order: `train` (launch the processes) -> `plan` (options -> TrainPlan) ->
-`loop` (one process's run) -> `step` (one optimisation step).
+"""The loops other than training: evaluate, benchmark, predict (and evaluation jobs over
+processes); they report progress through callbacks. `distributed` (process groups) and `run_dir`
+(numbered run folders) serve these loops and training alike.
 """

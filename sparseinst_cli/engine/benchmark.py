@@ -21,11 +21,11 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from ..errors import UserError
 from ..loading import LoadedModel
+from ..media.samples import BENCH_IMAGE, asset_path
 from ..modeling import build_model
 from ..predictor import Predictor
 from ..preprocess import ImageBatch
 from ..runtime import available_cpus
-from ..samples import BENCH_IMAGE, asset_path
 
 MIN_TRUSTED_WARMUP = 3
 MIN_TRUSTED_ITERS = 10

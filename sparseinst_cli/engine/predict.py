@@ -15,10 +15,10 @@ from pycocotools import mask as mask_util
 
 from ..errors import RunError, UserError
 from ..fileio import atomic_write_json, read_image_rgb, write_image
+from ..media.sources import SourceItem
+from ..media.visualize import draw_instances, instance_label_map
 from ..postprocess import Instances
 from ..predictor import Predictor
-from ..sources import SourceItem
-from ..visualize import draw_instances, instance_label_map
 
 
 @dataclass

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from ..data.transforms import resize_image
+from ..media.samples import PARITY_IMAGE, asset_path
 from ..postprocess import resize_masks_thresholded
 from ..preprocess import ImageBatch
-from ..samples import PARITY_IMAGE, asset_path
 from .graph import END_TO_END_OUTPUTS, RAW_OUTPUTS, EndToEndHead, RawHead
 
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((320, 480), (608, 800))

@@ -328,7 +328,7 @@ def _parity(tmp: Path, model, options: ExportOptions, plan: _Plan, sizes) -> lis
 
 
 def _onnx_runner(path: Path, device: torch.device) -> Runner:
-    from ..onnx_backend import OnnxModel, has_cuda_provider
+    from ..loading.onnx_backend import OnnxModel, has_cuda_provider
 
     if device.type == "cuda" and not has_cuda_provider():
         device = torch.device("cpu")  # CPU onnxruntime: the check still runs, only slower

@@ -1,7 +1,7 @@
 """Backbones: any timm model, reduced to its stride 8/16/32 feature maps.
 
 The official R-50/R-101 (torchvision-style), R-50-vd (timm `resnet50d`), CSPDarkNet-53 and
-PVTv2 backbones are all timm architectures; checkpoint.py maps the official key names.
+PVTv2 backbones are all timm architectures; loading/checkpoint.py maps the official key names.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ class DeformConv3x3(nn.Module):
     """A 3x3 deformable conv whose offsets come from a plain 3x3 conv on the same input.
 
     Official checkpoints name the offset conv `conv2_offset` beside `conv2`; here it lives
-    inside the module as `offset` (the key map in checkpoint.py renames it).
+    inside the module as `offset` (the key map in loading/checkpoint.py renames it).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, dilation: int = 1):

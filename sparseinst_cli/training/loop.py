@@ -18,15 +18,15 @@ from ..config import Config, config_from_dict, save_config
 from ..data.coco import CocoInstances, CocoTrainDataset
 from ..data.loader import build_train_loader
 from ..data.transforms import TransformConfig
+from ..engine import run_dir as files
+from ..engine.distributed import DistContext, barrier, gather_objects
+from ..engine.evaluate import evaluate_split
 from ..errors import RunError
 from ..loading import LoadedModel
 from ..modeling import build_model
 from ..predictor import Predictor
 from ..runtime import keep_freed_memory
-from . import run_dir as files
 from .callbacks import RunInfo, TrainCallbacks, TrainSummary
-from .distributed import DistContext, barrier, gather_objects
-from .evaluate import evaluate_split
 from .metrics import MetricsLog, WindowAverages, plot_metrics
 from .plan import TrainPlan
 from .schedule import TimeBudget

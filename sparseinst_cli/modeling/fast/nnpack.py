@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .capture import capturing_graph
+from ..capture import capturing_graph
 from .layers import is_stride1_3x3
 
 # Relative difference to direct convolution above which a layer is left to oneDNN.

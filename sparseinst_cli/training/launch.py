@@ -5,7 +5,7 @@ group (NCCL on CUDA, gloo on CPU) and trains with DistributedDataParallel on its
 global batch. Under torchrun every process calls `run_training` itself; rank 0 plans and
 sends the plan to the others.
 
-    from sparseinst_cli.engine.train import TrainOptions, run_training
+    from sparseinst_cli.training.launch import TrainOptions, run_training
     summary = run_training(TrainOptions(config="demo", data="demo", time_minutes=5))
 """
 from __future__ import annotations
@@ -14,10 +14,7 @@ from dataclasses import replace
 
 import torch
 
-from ..errors import RunError, UserError
-from ..runtime import available_cpus
-from .callbacks import CallbacksFactory, TrainCallbacks, TrainSummary, no_callbacks
-from .distributed import (
+from ..engine.distributed import (
     DistContext,
     broadcast_object,
     free_port,
@@ -27,6 +24,9 @@ from .distributed import (
     spawn,
     under_torchrun,
 )
+from ..errors import RunError, UserError
+from ..runtime import available_cpus
+from .callbacks import CallbacksFactory, TrainCallbacks, TrainSummary, no_callbacks
 from .loop import TrainLoop
 from .plan import TrainOptions, TrainPlan, pick_device, prepare_plan
 

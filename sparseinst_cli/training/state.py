@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_save, make_checkpoint, read_checkpoint
 from ..config import Config
+from ..loading.checkpoint import atomic_save, make_checkpoint, read_checkpoint
 
 TRAIN_STATE = "train_state"
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import RunError, UserError
-from .runtime import available_cpus
+from ..errors import RunError, UserError
+from ..runtime import available_cpus
 
 SATURATED_OBJECTNESS = 100.0  # sigmoid(100.0) == 1.0 in float32
 

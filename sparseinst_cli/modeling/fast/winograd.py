@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .capture import capturing_graph
+from ..capture import capturing_graph
 from .layers import is_plain_3x3
 
 # F(2x2, 3x3) of Lavin & Gray (2016): input transform B^T, kernel transform G, output A^T.

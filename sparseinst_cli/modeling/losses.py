@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseinst_cli.errors import UserError
-from sparseinst_cli.matcher import (
+from sparseinst_cli.modeling.matcher import (
     DICE_EPS,
     TARGET_RESIZE_MODES,
     HungarianMatcher,

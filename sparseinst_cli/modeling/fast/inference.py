@@ -7,11 +7,12 @@ import copy
 import torch
 from torch import nn
 
-from .decoder import IAMDecoder, share_first_convs
-from .encoder import InstanceContextEncoder
-from .fast_conv import openmp_spins_briefly, use_nnpack_convs
+from ..decoder import IAMDecoder
+from ..encoder import InstanceContextEncoder
+from ..sparseinst import SparseInst
+from .first_convs import share_first_convs
 from .fuse import fold_frozen_bn
-from .sparseinst import SparseInst
+from .nnpack import openmp_spins_briefly, use_nnpack_convs
 from .winograd import use_winograd_convs
 
 # Narrowest 3x3 conv that Winograd runs faster than oneDNN (bf16) or than oneDNN and NNPACK

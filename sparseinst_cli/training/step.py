@@ -16,12 +16,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config
+from ..engine.distributed import DistContext, all_reduce_sum
 from ..errors import UserError
-from ..losses import SparseInstCriterion
-from ..matcher import HungarianMatcher
+from ..modeling.losses import SparseInstCriterion
+from ..modeling.matcher import HungarianMatcher
 from ..preprocess import pad_batch
 from ..runtime import autocast_context, torch_dtype
-from .distributed import DistContext, all_reduce_sum
 from .optim import build_optimizer
 from .schedule import LRController, schedule_of
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
+from ..config import Config, config_with_overrides, load_config
+from ..errors import UserError
+from ..modeling import SparseInst, build_model
 from .checkpoint import is_ours, load_weights, read_checkpoint
 from .coco_classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
-from .config import Config, config_with_overrides, load_config
-from .errors import UserError
-from .modeling import SparseInst, build_model
 from .onnx_backend import OnnxModel, is_onnx_file
 
 

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import (
+from ..errors import UserError
+from ..loading.checkpoint import (
     LoadReport,
     _rename_backbone_key,
     compare_state_dicts,
     load_weights,
     read_checkpoint,
 )
-from ..errors import UserError
 
 CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.", "linear.", "pred_")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import RunError, UserError
+from ..errors import RunError, UserError
 
 IMAGENET = "imagenet"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".pkl")

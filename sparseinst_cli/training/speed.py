@@ -19,10 +19,10 @@ import torch
 from ..config import Config
 from ..data.coco import CocoInstances
 from ..data.datasets import SplitSpec
+from ..engine.benchmark import Stats
+from ..engine.distributed import DistContext
 from ..modeling import build_model
 from ..runtime import available_cpus, keep_freed_memory, release_freed_memory, resolve_device
-from .benchmark import Stats
-from .distributed import DistContext
 from .loop import build_train_data
 from .plan import check_amp, loader_workers
 from .step import PhaseClock, Stepper

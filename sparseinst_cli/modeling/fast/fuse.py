@@ -15,7 +15,7 @@ from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d as TvFrozenBN
 
-from .deform import DeformConv3x3
+from ..deform import DeformConv3x3
 
 try:  # timm keeps its own copy of torchvision's frozen BN
     from timm.layers import FrozenBatchNorm2d as TimmFrozenBN

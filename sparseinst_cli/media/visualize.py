@@ -7,7 +7,7 @@ import colorsys
 import cv2
 import numpy as np
 
-from .postprocess import Instances
+from ..postprocess import Instances
 
 
 def instance_colors(n: int) -> list[tuple[int, int, int]]:

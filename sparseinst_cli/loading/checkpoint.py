@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
-from .fileio import atomic_write_bytes
+from ..errors import UserError
+from ..fileio import atomic_write_bytes
 
 FORMAT_TAG = "sparseinst_cli"
 FORMAT_VERSION = 1

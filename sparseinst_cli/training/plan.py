@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import is_ours, read_checkpoint
 from ..config import (
     Config,
     config_from_dict,
@@ -23,9 +22,12 @@ from ..config import (
 from ..data.coco import CocoInstances
 from ..data.datasets import SplitSpec, resolve_split
 from ..data.stats import split_stats
+from ..engine import run_dir as files
+from ..engine.distributed import under_torchrun
 from ..errors import UserError
+from ..loading.checkpoint import is_ours, read_checkpoint
+from ..loading.pretrained import resolve_backbone_weights
 from ..modeling.build import check_model_config
-from ..pretrained import resolve_backbone_weights
 from ..runtime import (
     AMP_MODES,
     available_cpus,
@@ -33,9 +35,7 @@ from ..runtime import (
     cpu_has_native_bf16,
     resolve_device,
 )
-from . import run_dir as files
 from .adapt import adapt_to_data
-from .distributed import under_torchrun
 from .schedule import schedule_of
 from .state import read_train_state
 from .step import build_criterion
