@@ -1,8 +1,9 @@
 """A classical instance-segmentation baseline: Otsu threshold + distance-transform watershed.
 
-Segments every image of a split (val by default) of grey or colour images of bright objects on
-a darker background, and writes a COCO results JSON (compressed RLE, one category) that
-`sparseinst eval --results` scores, so a trained model and this baseline meet on equal terms:
+Segments every image of a split (val by default) of grey or colour images of objects brighter or
+darker than their background (the smaller side of the threshold is taken as the objects), and
+writes a COCO results JSON (compressed RLE, one category) that `sparseinst eval --results`
+scores, so a trained model and this baseline meet on equal terms:
 
     python benchmarks/watershed_baseline.py --data crowded --out runs/watershed/results.json
     sparseinst eval --results runs/watershed/results.json --data crowded
@@ -48,7 +49,10 @@ def segment(gray: np.ndarray, params: WatershedParams = WatershedParams()) -> tu
     """Label map int32 [H, W] (0 background) and smoothed image float32 [H, W] of a uint8 [H, W]."""
     smooth = cv2.GaussianBlur(gray, (0, 0), params.sigma) if params.sigma > 0 else gray
     threshold, fg = cv2.threshold(smooth, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    fg = ndimage.binary_fill_holes(fg.astype(bool))
+    # Objects are the smaller class: dark objects on a bright background (phase contrast,
+    # bright field) make the bright side the larger one.
+    dark_objects = fg.mean() > 0.5
+    fg = ndimage.binary_fill_holes(~fg.astype(bool) if dark_objects else fg.astype(bool))
     dist = cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 5)
     dist = ndimage.gaussian_filter(dist, 1.0)
     size = 2 * params.min_distance + 1
@@ -57,7 +61,8 @@ def segment(gray: np.ndarray, params: WatershedParams = WatershedParams()) -> tu
     labels = flood(dist, seeds, fg)
     areas = np.bincount(labels.ravel(), minlength=count + 1)
     labels[areas[labels] < params.min_area] = 0
-    return labels, smooth.astype(np.float32) - float(threshold)
+    contrast = smooth.astype(np.float32) - float(threshold)
+    return labels, -contrast if dark_objects else contrast
 
 
 def flood(height: np.ndarray, seeds: np.ndarray, mask: np.ndarray, step: float = 0.5) -> np.ndarray:

@@ -53,6 +53,9 @@ class DecoderConfig:
     # Mask logits fall with the squared distance to the instance's activation centre, at a
     # per-instance rate: keeps masks apart among many similar small objects (not official)
     centre_prior: bool = False
+    # round: the prior falls alike in every direction; oriented: along and across an axis that
+    # each instance predicts, for elongated objects (rods, fibres)
+    centre_prior_shape: str = "round"
     # Each instance's activation map is held near a learned anchor point of the image, so maps
     # find one object each in crowded images of alike objects (not official)
     query_anchors: bool = False

@@ -197,7 +197,7 @@ def main(folder: Path, limit_mb: int) -> None:
 
     torch.set_num_threads(1)
     from sparseinst_cli.cli.app import app  # noqa: F401  (imported before the cap)
-    from sparseinst_cli.engine import plan  # noqa: F401
+    from sparseinst_cli.training import plan  # noqa: F401
 
     with open("/proc/self/status") as f:
         vm = next(int(line.split()[1]) for line in f if line.startswith("VmSize")) // 1024

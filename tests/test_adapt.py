@@ -1,15 +1,18 @@
-"""The training split shapes the config: queries, input sizes, mask-stride warning."""
+"""The training split shapes the config: queries, input sizes, the prior's shape, mask-stride
+warning."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
+from pycocotools import mask as mask_util
 from train_support import TINY, Recorder, train
 
 from sparseinst_cli.config import load_config, override_keys
-from sparseinst_cli.data.crowded import make_crowded_dataset
 from sparseinst_cli.data.stats import SplitStats, split_stats
+from sparseinst_cli.data.synthetic.crowded import make_crowded_dataset
 from sparseinst_cli.training.adapt import TRAIN_WINDOW, adapt_to_data, queries_for
 
 
@@ -127,3 +130,30 @@ def test_chosen_values_reach_config_yaml_and_the_notice(crowded, tmp_path):
     saved = yaml.safe_load((summary.run_dir / "config.yaml").read_text())
     assert saved["model"]["decoder"]["num_masks"] == 8
     assert any(n.startswith("warning:") and "num_masks=8" in n for n in rec.notices)
+
+
+def test_split_stats_measures_the_width_and_elongation_of_masks(tmp_path):
+    """A 10 x 60 rectangle: minor axis 4 * sqrt(10^2 / 12) = 11.5 px, major 69.3 px, from a
+    polygon and from the same mask as an RLE."""
+    rect = np.zeros((100, 120), np.uint8)
+    rect[20:30, 30:90] = 1
+    rle = mask_util.encode(np.asfortranarray(rect))
+    rle["counts"] = rle["counts"].decode()
+    anns = [{"id": 1, "image_id": 1, "iscrowd": 0, "area": 600.0,
+             "segmentation": [[30, 20, 90, 20, 90, 30, 30, 30]]},
+            {"id": 2, "image_id": 1, "iscrowd": 0, "area": 600.0, "segmentation": rle}]
+    path = tmp_path / "a.json"
+    images = [{"id": 1, "height": 100, "width": 120}]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": []}))
+    s = split_stats(path)
+    assert s.median_width == pytest.approx(4 * (100 / 12) ** 0.5, rel=0.05)
+    assert s.median_elongation == pytest.approx(6.0, rel=0.05)
+    assert s.object_width == s.median_width
+
+
+def test_a_thin_object_is_small_by_its_width():
+    """A 12 x 80 px rod (sqrt of its area 31, width 14) trains at its native size."""
+    cfg = load_config("demo")
+    adapt_to_data(cfg, stats(median_object_size=40.0, median_width=14.0, median_elongation=6.0,
+                             median_short_side=320.0), set())
+    assert min(cfg.input.min_size_train) >= 320

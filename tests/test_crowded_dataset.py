@@ -10,8 +10,12 @@ from file_support import tree_digest
 from pycocotools import mask as mask_util
 
 from sparseinst_cli.data.coco import CocoInstances, CocoTrainDataset, load_coco_json
-from sparseinst_cli.data.crowded import MAX_DIAMETER, MIN_VISIBLE_PIXELS, make_crowded_dataset
 from sparseinst_cli.data.datasets import resolve_split
+from sparseinst_cli.data.synthetic.crowded import (
+    MAX_DIAMETER,
+    MIN_VISIBLE_PIXELS,
+    make_crowded_dataset,
+)
 from sparseinst_cli.data.transforms import TransformConfig
 
 SMALL = {"num_train": 6, "num_val": 2}

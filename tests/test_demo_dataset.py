@@ -9,8 +9,8 @@ from file_support import tree_digest
 
 from sparseinst_cli.data.coco import CocoInstances, CocoTrainDataset
 from sparseinst_cli.data.datasets import resolve_split
-from sparseinst_cli.data.demo import make_demo_dataset
 from sparseinst_cli.data.loader import TrainSampler, build_train_loader
+from sparseinst_cli.data.synthetic.demo import make_demo_dataset
 from sparseinst_cli.data.transforms import TransformConfig
 
 SMALL = {"num_train": 12, "num_val": 4, "image_size": (96, 128)}

@@ -88,3 +88,42 @@ def test_the_fused_functions_run_only_when_a_gradient_is_wanted():
     assert subtract_centre_penalty(masks, centres, spread, (3, 4)).grad_fn is None
     out = subtract_centre_penalty(masks, centres, spread.requires_grad_(), (3, 4))
     assert type(out.grad_fn).__name__.startswith("CentrePenalty")
+
+
+def test_oriented_centre_penalty_gradients_are_exact():
+    torch.manual_seed(0)
+    size = (5, 7)
+    masks = torch.randn(2, 3, 35, dtype=torch.float64)
+    centres = 5 * torch.rand(2, 3, 2, dtype=torch.float64)
+    spread = torch.rand(2, 3, 3, dtype=torch.float64)  # (a, c, b)
+    inputs = tuple(t.requires_grad_() for t in (masks, centres, spread))
+    assert gradcheck(lambda m, c, s: CentrePenalty.apply(m, c, s, size), inputs)
+
+
+def test_oriented_centre_penalty_is_the_quadratic_form():
+    """a dx^2 + c dy^2 + 2 b dx dy at every cell; with b = 0 and a = c the round prior."""
+    size = (4, 6)
+    centres = torch.tensor([[[2.5, 1.0]]])
+    a, c, b = 0.3, 0.05, 0.1
+    got = centre_penalty(centres, torch.tensor([[[a, c, b]]]), size).reshape(size)
+    ys, xs = torch.meshgrid(torch.arange(4.0), torch.arange(6.0), indexing="ij")
+    dx, dy = xs - 2.5, ys - 1.0
+    torch.testing.assert_close(got, a * dx**2 + c * dy**2 + 2 * b * dx * dy)
+    round_ = centre_penalty(centres, torch.tensor([[[0.2]]]), size)
+    torch.testing.assert_close(centre_penalty(centres, torch.tensor([[[0.2, 0.2, 0.0]]]), size),
+                               round_)
+
+
+def test_spread_head_starts_round_and_stays_positive_semi_definite():
+    from sparseinst_cli.modeling.small_head import SpreadHead
+
+    torch.manual_seed(0)
+    head = SpreadHead(16, "oriented")
+    a, c, b = head(torch.zeros(1, 4, 16)).unbind(-1)
+    torch.testing.assert_close(a, c)
+    torch.testing.assert_close(b, torch.zeros_like(b))
+    with torch.no_grad():
+        head.weight.normal_(std=3.0)
+    a, c, b = head(torch.randn(2, 50, 16)).unbind(-1)
+    assert (a >= 0).all() and (c >= 0).all() and (b.square() <= a * c + 1e-7).all()
+    assert set(dict(head.named_parameters())) == {"weight", "bias"}  # checkpoint keys

@@ -57,7 +57,7 @@ def test_the_python_api_shows_tqdm_progress_when_asked(many_images, tiny_checkpo
 
 def test_train_and_eval_write_the_same_kind_of_plain_lines(monkeypatch, capsys):
     """Off a terminal, train's `iter k/N eta m:ss losses` and eval's `eval MODEL k/N` come from
-    the same mechanism (cli/progress.py), every $SPARSEINST_PROGRESS_EVERY seconds."""
+    the same mechanism (cli/console.py), every $SPARSEINST_PROGRESS_EVERY seconds."""
     from sparseinst_cli.cli.evaluate import ImagesBar
     from sparseinst_cli.cli.train import RichTrainCallbacks
 

@@ -38,10 +38,14 @@ def test_centre_penalty_is_spread_times_squared_distance():
     assert penalty[0, 0, 2, 1] == 0
 
 
-@pytest.fixture(scope="module")
-def small_model():
+PRIORS = ["round", "oriented"]  # model.decoder.centre_prior_shape: nuclei, rods
+
+
+@pytest.fixture(scope="module", params=PRIORS)
+def small_model(request):
     torch.manual_seed(0)
-    return build_model(load_config("small", SMALL).model).eval()
+    shape = f"model.decoder.centre_prior_shape={request.param}"
+    return build_model(load_config("small", [*SMALL, shape]).model).eval()
 
 
 def test_small_head_gives_masks_at_stride_4_and_official_keys_are_unchanged(small_model):
@@ -61,9 +65,10 @@ def test_batched_equals_per_image(small_model):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_small_model_exports_to_onnx_with_parity(tmp_path):
+@pytest.mark.parametrize("prior", PRIORS)
+def test_small_model_exports_to_onnx_with_parity(tmp_path, prior):
     pytest.importorskip("onnxruntime")
-    loaded = load_model(None, "small", SMALL)
+    loaded = load_model(None, "small", [*SMALL, f"model.decoder.centre_prior_shape={prior}"])
     out = tmp_path / "small.onnx"
     result = export_model(loaded, ExportOptions(format="onnx", dynamic=True, out=out,
                                                 size=(96, 128)))

@@ -7,7 +7,7 @@ import numpy as np
 from file_support import load_benchmark
 
 from sparseinst_cli.cli.app import main
-from sparseinst_cli.data.crowded import make_crowded_dataset
+from sparseinst_cli.data.synthetic.crowded import make_crowded_dataset
 
 
 def test_flood_splits_two_touching_discs():

@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..evaluation import evaluate_segm
 from ..fileio import atomic_write_json
 from ..runtime import check_process_count, resolve_device, resolve_dtype
-from .console import console, info, state
+from .console import PlainLines, console, info, state
 from .options import (
     BatchOpt,
     ConfigsOpt,
@@ -39,7 +39,6 @@ from .options import (
     SizeOpt,
     WeightsListOpt,
 )
-from .progress import PlainLines
 from .tables import ap_table, per_class_table, print_table
 from .targets import model_specs
 

@@ -20,9 +20,8 @@ from ..export import (
     export_model,
 )
 from ..loading import load_model
-from .console import console, info, state
+from .console import PlainLines, console, info, state
 from .options import ConfigOpt, DataOpt, DeviceOpt, WeightsOpt
-from .progress import PlainLines
 
 CALIBRATION_IMAGES = 100
 

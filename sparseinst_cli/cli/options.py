@@ -28,7 +28,8 @@ DataOpt = Annotated[
     typer.Option(
         "--data",
         "-d",
-        help="DATA.yaml with train/val splits, or a built-in name: demo, crowded, coco_2017_val.",
+        help="DATA.yaml with train/val splits, or a built-in name: demo, crowded, rods, "
+        "coco_2017_val.",
     ),
 ]
 SizeOpt = Annotated[

@@ -12,7 +12,7 @@ from ..engine.predict import PredictOptions, run_predict
 from ..errors import RunError, UserError
 from ..media.sources import expand_sources
 from ..predictor import Predictor
-from .console import console, info, state
+from .console import console, info, progress_bar, state
 from .options import (
     BatchOpt,
     ConfigOpt,
@@ -23,7 +23,6 @@ from .options import (
     SizeOpt,
     WeightsOpt,
 )
-from .progress import progress_bar
 
 
 def predict(

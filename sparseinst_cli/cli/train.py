@@ -19,9 +19,8 @@ from rich.table import Table
 
 from ..training.callbacks import RunInfo, TrainCallbacks, TrainSummary
 from ..training.launch import TrainOptions, run_training
-from .console import console, err_console, info, state
+from .console import PlainLines, console, err_console, info, state
 from .options import BatchOpt, ConfigOpt, DataOpt, GpusOpt, OverridesArg, WeightsOpt
-from .progress import PlainLines
 from .tables import ap_table, per_class_table, print_table
 
 SHORT = {"loss_cls": "cls", "loss_mask_bce": "bce", "loss_dice": "dice", "loss_objectness": "obj",

@@ -8,10 +8,10 @@ from sparseinst_cli.data.coco import (
     load_coco_json,
     read_image_rgb,
 )
-from sparseinst_cli.data.crowded import make_crowded_dataset
 from sparseinst_cli.data.datasets import SplitSpec, resolve_split
-from sparseinst_cli.data.demo import make_demo_dataset
 from sparseinst_cli.data.loader import build_eval_loader, build_train_loader, collate
+from sparseinst_cli.data.synthetic.crowded import make_crowded_dataset
+from sparseinst_cli.data.synthetic.demo import make_demo_dataset
 from sparseinst_cli.data.transforms import (
     TransformConfig,
     apply_train_transforms,

@@ -157,11 +157,37 @@ def rle_counts(counts: str | bytes) -> list[int]:
     return out
 
 
+def rle_runs(segm: dict, width: int, height: int) -> tuple[list[int] | None, str | None]:
+    """The run lengths of an RLE that covers exactly the [H, W] image, or (None, why not)."""
+    size, counts = segm.get("size"), segm.get("counts")
+    if not isinstance(size, list) or len(size) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in size
+    ):
+        return None, f"RLE size {size!r:.40} is not [height, width]"
+    if size != [height, width]:
+        return None, f"RLE size {size} differs from the image's [{height}, {width}]"
+    if isinstance(counts, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+            return None, "RLE counts are not a list of integers"
+        runs = counts
+    elif isinstance(counts, str):
+        try:
+            runs = rle_counts(counts)
+        except (ValueError, UnicodeEncodeError):
+            return None, "RLE counts are not a valid COCO RLE string"
+    else:
+        return None, "RLE counts are neither a list of integers nor a COCO RLE string"
+    if any(v < 0 for v in runs):
+        return None, "RLE counts have a negative run"
+    if sum(runs) != height * width:
+        return None, (f"RLE counts cover {sum(runs)} pixels, not the {height}x{width} = "
+                      f"{height * width} of its image")
+    return runs, None
+
+
 def check_rle(segm: dict, width: int, height: int) -> SegmVerdict:
     """An RLE must carry the image's size [H, W] and run lengths that add up to H * W
     (pycocotools decodes past the mask's end otherwise)."""
-    from sparseinst_cli.data.validate_segm import rle_runs  # it imports this module
-
     problem = rle_runs(segm, width, height)[1]
     if problem is None:
         return SegmVerdict()

@@ -1,4 +1,4 @@
-"""Resolve a `--data` argument (DATA.yaml, built-in COCO 2017, `demo` or `crowded`) to splits.
+"""Resolve a `--data` argument (DATA.yaml, built-in COCO 2017, `demo`, `crowded`, `rods`) to splits.
 
 A DATA.yaml names each split's image folder and COCO JSON, relative to the YAML's folder:
 
@@ -9,8 +9,8 @@ A DATA.yaml names each split's image folder and COCO JSON, relative to the YAML'
 Built-in names live under $SPARSEINST_DATASETS (default ./datasets), detectron2 layout:
 `coco/{train2017,val2017}` and `coco/annotations/instances_{train,val}2017.json`.
 `coco_2017_train`, `coco_2017_val` and `coco_2017` all name that dataset; the split argument
-picks the files. `demo` (coloured shapes) and `crowded` (crowded small nuclei) are synthetic
-datasets, generated on first use in $SPARSEINST_DATASETS/demo and $SPARSEINST_DATASETS/crowded.
+picks the files. `demo` (coloured shapes), `crowded` (crowded small nuclei) and `rods` (rod-shaped
+cells in colonies) are synthetic datasets, generated on first use in $SPARSEINST_DATASETS/<name>.
 """
 
 from __future__ import annotations
@@ -21,13 +21,16 @@ from pathlib import Path
 
 import yaml
 
-from sparseinst_cli.data.crowded import make_crowded_dataset
-from sparseinst_cli.data.demo import make_demo_dataset
+from sparseinst_cli.data.synthetic import (
+    make_crowded_dataset,
+    make_demo_dataset,
+    make_rods_dataset,
+)
 from sparseinst_cli.errors import UserError
 
 DATASETS_ENV = "SPARSEINST_DATASETS"
 COCO_NAMES = ("coco_2017", "coco_2017_train", "coco_2017_val")
-SYNTHETIC_NAMES = ("demo", "crowded")
+SYNTHETIC_NAMES = ("demo", "crowded", "rods")
 BUILTIN_NAMES = (*COCO_NAMES, *SYNTHETIC_NAMES)
 
 
@@ -49,7 +52,8 @@ def datasets_root() -> Path:
 def resolve_split(data: str, split: str) -> SplitSpec:
     """Files of `split` (e.g. "train", "val") of the dataset named by `data`."""
     if data in SYNTHETIC_NAMES:
-        make = make_demo_dataset if data == "demo" else make_crowded_dataset
+        make = {"demo": make_demo_dataset, "crowded": make_crowded_dataset,
+                "rods": make_rods_dataset}[data]
         return _from_yaml(make(datasets_root() / data), split, label=data)
     if data in COCO_NAMES:
         return _coco_2017(split)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sparseinst_cli.data.check_segm import OUT_TOLERANCE, clip_polygon, rle_counts
+from sparseinst_cli.data.check_segm import OUT_TOLERANCE, clip_polygon, rle_runs
 
 # Repairs, counted in the loader's one notice line (kind -> what was done).
 DEGENERATE_PART = "polygon part(s) with fewer than 3 points or no area dropped"
@@ -99,34 +99,6 @@ def clean_polygons(parts: list, width: int, height: int) -> SegmResult:
     else:
         result.repairs.append(EMPTY_MASK)
     return result
-
-
-def rle_runs(segm: dict, width: int, height: int) -> tuple[list[int] | None, str | None]:
-    """The run lengths of an RLE that covers exactly the [H, W] image, or (None, why not)."""
-    size, counts = segm.get("size"), segm.get("counts")
-    if not isinstance(size, list) or len(size) != 2 or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in size
-    ):
-        return None, f"RLE size {size!r:.40} is not [height, width]"
-    if size != [height, width]:
-        return None, f"RLE size {size} differs from the image's [{height}, {width}]"
-    if isinstance(counts, list):
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
-            return None, "RLE counts are not a list of integers"
-        runs = counts
-    elif isinstance(counts, str):
-        try:
-            runs = rle_counts(counts)
-        except (ValueError, UnicodeEncodeError):
-            return None, "RLE counts are not a valid COCO RLE string"
-    else:
-        return None, "RLE counts are neither a list of integers nor a COCO RLE string"
-    if any(v < 0 for v in runs):
-        return None, "RLE counts have a negative run"
-    if sum(runs) != height * width:
-        return None, (f"RLE counts cover {sum(runs)} pixels, not the {height}x{width} = "
-                      f"{height * width} of its image")
-    return runs, None
 
 
 def clean_segmentation(segm: object, width: int, height: int) -> SegmResult:

@@ -17,12 +17,12 @@ from .init import c2_msra_fill, c2_xavier_fill
 from .small_head import (
     PeakAnchors,
     SigmoidNormalise,
+    SpreadHead,
     activation_centres,
     anchor_offsets,
     anchor_penalty,
     make_anchors,
     offset_embedding,
-    spread_head,
     subtract_centre_penalty,
     unit_centres,
 )
@@ -69,6 +69,7 @@ class InstanceBranch(nn.Module):
         centre_prior: bool,
         query_anchors: bool,
         peak_anchors: bool = False,
+        centre_prior_shape: str = "round",
     ):
         super().__init__()
         self.kind = kind  # checked with the rest of the config: modeling.build
@@ -86,7 +87,7 @@ class InstanceBranch(nn.Module):
         self.mask_kernel = nn.Linear(head_dim, kernel_dim)
         self.objectness = nn.Linear(head_dim, 1)
         # The small-data head's additions (small_head.py), when the config asks for them.
-        self.mask_spread = spread_head(head_dim) if centre_prior else None
+        self.mask_spread = SpreadHead(head_dim, centre_prior_shape) if centre_prior else None
         self.anchors = make_anchors(num_masks, peak=peak_anchors, query=query_anchors)
         if self.anchors is not None:
             self.offset_embed = offset_embedding(head_dim)
@@ -134,7 +135,7 @@ class InstanceBranch(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """[B, C, H, W] (+ centre heatmap logits [B, 1, h, w] for peak anchors) -> logits
         [B,N,K], kernels [B,N,D], objectness [B,N,1]; with the location prior also
-        `pred_centres` [B,N,2] (x, y in cells) and `pred_spread` [B,N,1]; in training also the
+        `pred_centres` [B,N,2] (x, y in cells) and `pred_spread` [B,N,1 or 3]; in training also the
         maps `pred_iam` [B,G,N,H,W] (a view) and, with anchors, `pred_anchors` [B,N,3] (x, y,
         log width; detached) for the losses and the matcher."""
         features = self.inst_convs(features)
@@ -166,7 +167,7 @@ class InstanceBranch(nn.Module):
         }
         if self.mask_spread is not None:
             out["pred_centres"] = centres
-            out["pred_spread"] = F.softplus(self.mask_spread(inst))
+            out["pred_spread"] = self.mask_spread(inst)
         return out
 
 
@@ -241,6 +242,7 @@ class IAMDecoder(nn.Module):
         centre_prior: bool,
         query_anchors: bool,
         peak_anchors: bool = False,
+        centre_prior_shape: str = "round",
     ):
         super().__init__()
         self.scale_factor = scale_factor
@@ -258,6 +260,7 @@ class IAMDecoder(nn.Module):
             centre_prior=centre_prior,
             query_anchors=query_anchors,
             peak_anchors=peak_anchors,
+            centre_prior_shape=centre_prior_shape,
         )
         self.mask_branch = MaskBranch(
             in_channels=in_channels + 2, dim=mask_dim, num_convs=mask_convs, kernel_dim=kernel_dim,

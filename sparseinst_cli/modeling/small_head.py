@@ -48,17 +48,23 @@ def activation_centres(
 def centre_penalty(
     centres: torch.Tensor, spread: torch.Tensor, size: tuple[int, int]
 ) -> torch.Tensor:
-    """Location prior subtracted from the mask logits: spread * squared distance to the centre.
+    """Location prior subtracted from the mask logits: a quadratic form of the offset from the
+    instance's centre.
 
-    centres: [B, N, 2] (x, y in cells of `size`); spread: [B, N, 1] >= 0. Returns [B, N, H*W].
+    centres: [B, N, 2] (x, y in cells of `size`); spread: [B, N, 1] (round: s * (dx^2 + dy^2),
+    s >= 0) or [B, N, 3] (oriented: a dx^2 + c dy^2 + 2 b dx dy with a, c >= 0 and b^2 < ac, a
+    prior long along the object's axis and short across it). Returns [B, N, H*W].
     It lets a linear mask kernel, which sees the same features at every object alike, keep its
     mask on its own object among many similar ones (what CondInst's relative coordinates do).
     """
     h, w = size
     dx = torch.arange(w, device=centres.device, dtype=centres.dtype) - centres[..., :1]
     dy = torch.arange(h, device=centres.device, dtype=centres.dtype) - centres[..., 1:]
-    dist2 = dy.square()[..., :, None] + dx.square()[..., None, :]  # [B, N, H, W]
-    return (spread[..., None] * dist2).flatten(2)
+    a, c = (spread[..., :1], spread[..., 1:2]) if spread.shape[-1] == 3 else (spread, spread)
+    penalty = (c * dy.square())[..., :, None] + (a * dx.square())[..., None, :]  # [B, N, H, W]
+    if spread.shape[-1] == 3:
+        penalty = penalty + 2 * spread[..., 2:, None] * dy[..., :, None] * dx[..., None, :]
+    return penalty.flatten(2)
 
 
 def subtract_centre_penalty(
@@ -73,10 +79,11 @@ def subtract_centre_penalty(
 
 
 class CentrePenalty(torch.autograd.Function):
-    """masks - spread * ((x - cx)^2 + (y - cy)^2), fp32 [B, N, H, W], computed as two broadcast
-    subtractions. Its backward reads the gradient twice (its row and column sums give the
-    centres' and spreads' gradients) where autograd's chain makes eight full passes over the
-    stride-4 masks of every query (crowded stand-in, 120 queries: 3-5% of a CPU training step)."""
+    """masks - `centre_penalty`, fp32 [B, N, H, W], computed as broadcast subtractions. Its
+    backward reads the gradient twice (its row and column sums give the centres' and spreads'
+    gradients; an oriented prior's cross term one product more) where autograd's chain makes
+    eight full passes over the stride-4 masks of every query (crowded stand-in, 120 queries:
+    3-5% of a CPU training step)."""
 
     @staticmethod
     def forward(ctx, masks, centres, spread, size):
@@ -85,10 +92,13 @@ class CentrePenalty(torch.autograd.Function):
         xs = torch.arange(w, device=masks.device, dtype=dtype)
         ys = torch.arange(h, device=masks.device, dtype=dtype)
         spread = spread.to(dtype)
+        a, c = (spread[..., :1], spread[..., 1:2]) if spread.shape[-1] == 3 else (spread, spread)
         dx = xs - centres[..., :1].to(dtype)  # [B, N, W]
         dy = ys - centres[..., 1:].to(dtype)  # [B, N, H]
-        out = masks.unflatten(2, size) - (spread * dy.square())[..., None]
-        out.sub_((spread * dx.square())[..., None, :])
+        out = masks.unflatten(2, size) - (c * dy.square())[..., None]
+        out.sub_((a * dx.square())[..., None, :])
+        if spread.shape[-1] == 3:
+            out.sub_((2 * spread[..., 2:] * dy)[..., :, None] * dx[..., None, :])
         ctx.save_for_backward(dx, dy, spread)
         ctx.dtypes = (centres.dtype, spread.dtype)
         return out
@@ -97,15 +107,29 @@ class CentrePenalty(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         dx, dy, spread = ctx.saved_tensors
+        oriented = spread.shape[-1] == 3
         rows, cols = grad.sum(-1), grad.sum(-2)  # [B, N, H], [B, N, W]
         grad_masks = grad.flatten(2) if ctx.needs_input_grad[0] else None
         grad_centres = grad_spread = None
-        if ctx.needs_input_grad[1]:  # d/dcx = 2 * spread * (x - cx), likewise y
-            moments = torch.stack([(cols * dx).sum(-1), (rows * dy).sum(-1)], -1)
-            grad_centres = (2 * spread * moments).to(ctx.dtypes[0])
+        col_moment, row_moment = (cols * dx).sum(-1), (rows * dy).sum(-1)  # [B, N]
+        if oriented:  # sum of grad * dx * dy, for the cross term
+            cross = (torch.linalg.vecdot(grad, dx[..., None, :]) * dy).sum(-1)
+        if ctx.needs_input_grad[1]:  # d/dcx = 2 (a dx + b dy), d/dcy = 2 (c dy + b dx)
+            if oriented:
+                a, c, b = spread.unbind(-1)
+                moments = torch.stack([a * col_moment + b * row_moment,
+                                       c * row_moment + b * col_moment], -1)
+                grad_centres = (2 * moments).to(ctx.dtypes[0])
+            else:
+                moments = torch.stack([col_moment, row_moment], -1)
+                grad_centres = (2 * spread * moments).to(ctx.dtypes[0])
         if ctx.needs_input_grad[2]:
-            dist2 = (rows * dy.square()).sum(-1) + (cols * dx.square()).sum(-1)
-            grad_spread = (-dist2[..., None]).to(ctx.dtypes[1])
+            x2, y2 = (cols * dx.square()).sum(-1), (rows * dy.square()).sum(-1)
+            if oriented:
+                grad_spread = -torch.stack([x2, y2, 2 * cross], -1)
+            else:
+                grad_spread = -(x2 + y2)[..., None]
+            grad_spread = grad_spread.to(ctx.dtypes[1])
         return grad_masks, grad_centres, grad_spread, None
 
 
@@ -251,13 +275,36 @@ class QueryAnchors(nn.Module):
                 self.log_width[None].expand(batch, -1))
 
 
-def spread_head(head_dim: int) -> nn.Linear:
-    """Location prior: each instance's width, as the inverse squared spread of its mask
-    ([B, N, head_dim] -> [B, N, 1] before softplus), starting at `INITIAL_SPREAD`."""
-    head = nn.Linear(head_dim, 1)
-    nn.init.normal_(head.weight, std=0.01)
-    nn.init.constant_(head.bias, math.log(math.expm1(INITIAL_SPREAD)))
-    return head
+PRIOR_SHAPES = ("round", "oriented")
+
+
+class SpreadHead(nn.Linear):
+    """Location prior: each instance's inverse squared spread from its features [B, N, D].
+
+    round: [B, N, 1], one rate for every direction. oriented: [B, N, 3] = (a, c, b) of the
+    quadratic form a dx^2 + c dy^2 + 2 b dx dy, positive semi-definite by construction
+    (b = tanh(.) sqrt(ac)), so that a long object's prior can be long: it starts round. Both
+    start at `INITIAL_SPREAD`. A linear layer itself, so its weights keep their checkpoint keys.
+    """
+
+    def __init__(self, head_dim: int, shape: str = "round"):
+        if shape not in PRIOR_SHAPES:
+            raise UserError(f"model.decoder.centre_prior_shape must be one of "
+                            f"{', '.join(PRIOR_SHAPES)}, got {shape!r}")
+        self.oriented = shape == "oriented"
+        super().__init__(head_dim, 3 if self.oriented else 1)
+        nn.init.normal_(self.weight, std=0.01)
+        with torch.no_grad():
+            self.bias.fill_(math.log(math.expm1(INITIAL_SPREAD)))
+            self.bias[2:] = 0.0  # oriented: no cross term at first
+
+    def forward(self, inst: torch.Tensor) -> torch.Tensor:
+        raw = super().forward(inst)
+        if not self.oriented:
+            return F.softplus(raw)
+        a, c = F.softplus(raw[..., :1]), F.softplus(raw[..., 1:2])
+        b = torch.tanh(raw[..., 2:]) * (a * c).sqrt()
+        return torch.cat([a, c, b], -1)
 
 
 def make_anchors(count: int, *, peak: bool, query: bool) -> PeakAnchors | QueryAnchors | None:

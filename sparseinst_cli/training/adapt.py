@@ -1,6 +1,8 @@
 """The training split shapes the config before a run: enough queries for its densest image,
 input sizes that keep small objects at their native size, training windows for small objects, a
-warning for objects too small for the mask stride. Pure functions of (config, statistics, what
+location prior shaped for elongated objects, a warning for objects too thin for the mask stride.
+An object's size here is its width (the minor axis of its mask): a 12 x 80 px rod is as small
+for the mask branch as a 12 px nucleus. Pure functions of (config, statistics, what
 the user set); the choices are saved in the run's config.yaml, so eval and predict use them too.
 """
 
@@ -24,6 +26,9 @@ RESOLVABLE_CELLS = 2  # an object narrower than two mask cells has no boundary o
 # (crowded stand-in, 12 minutes on one core: 46.7 AP with whole images, 531 iterations; 53.6 with
 # 320 px windows, 1,469 iterations).
 TRAIN_WINDOW = 320
+# Objects whose median major / minor axis is at least this are elongated: the location prior
+# gets an axis of its own (a W x L rod is L / W; a nucleus about 1.2)
+ELONGATED = 2.0
 
 
 def queries_for(max_instances: int) -> int:
@@ -42,6 +47,7 @@ def adapt_to_data(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[s
     notices = _queries(cfg, stats, user_keys)
     notices += _input_sizes(cfg, stats, user_keys)
     notices += _train_window(cfg, stats, user_keys)
+    notices += _prior_shape(cfg, stats, user_keys)
     notices += _mask_stride(cfg, stats)
     return notices
 
@@ -67,7 +73,7 @@ def _queries(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[str]:
 
 def _input_sizes(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[str]:
     """Small objects: train and test at (around) the native size instead of shrinking."""
-    if not stats.median_object_size < SMALL_OBJECT_SIZE:
+    if not stats.object_width < SMALL_OBJECT_SIZE:
         return []
     if any(key.startswith("input.m") for key in user_keys):  # min_size_* / max_size_* given
         return []
@@ -83,7 +89,7 @@ def _input_sizes(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[st
     inputs.max_size_train = max(inputs.max_size_train, long_side)
     inputs.max_size_test = max(inputs.max_size_test, long_side)
     return [
-        f"objects are small (median {stats.median_object_size:.0f} px): inputs around their "
+        f"objects are small (median width {stats.object_width:.0f} px): inputs around their "
         f"native size instead of shrinking them: input.min_size_train={inputs.min_size_train}, "
         f"input.min_size_test={inputs.min_size_test} (the largest training scale)"
     ]
@@ -92,7 +98,7 @@ def _input_sizes(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[st
 def _train_window(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[str]:
     """Small objects: train on windows of the resized images rather than whole images."""
     inputs = cfg.input
-    if not stats.median_object_size < SMALL_OBJECT_SIZE or "input.train_window" in user_keys:
+    if not stats.object_width < SMALL_OBJECT_SIZE or "input.train_window" in user_keys:
         return []
     if inputs.train_window or max(inputs.min_size_train) <= TRAIN_WINDOW:
         return []
@@ -104,13 +110,27 @@ def _train_window(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[s
     ]
 
 
+def _prior_shape(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[str]:
+    """Elongated objects: a location prior long along each object's axis, short across it."""
+    decoder = cfg.model.decoder
+    if not decoder.centre_prior or "model.decoder.centre_prior_shape" in user_keys:
+        return []
+    if not stats.median_elongation >= ELONGATED or decoder.centre_prior_shape == "oriented":
+        return []
+    decoder.centre_prior_shape = "oriented"
+    return [
+        f"objects are elongated (median length / width {stats.median_elongation:.1f}): the "
+        "location prior follows each object's axis (model.decoder.centre_prior_shape=oriented)"
+    ]
+
+
 def _mask_stride(cfg: Config, stats: SplitStats) -> list[str]:
     stride = cfg.model.decoder.mask_stride
-    if not stats.median_object_size < RESOLVABLE_CELLS * stride:
+    if not stats.object_width < RESOLVABLE_CELLS * stride:
         return []
     hint = "" if stride == 4 else "; model.decoder.mask_stride=4 (the `small` config) resolves them"
     return [
-        f"warning: most objects ({stats.median_object_size:.0f} px median) are narrower than "
+        f"warning: most objects ({stats.object_width:.0f} px median width) are narrower than "
         f"{RESOLVABLE_CELLS} cells of the mask branch (stride {stride}): their masks will be "
         f"coarse{hint}"
     ]

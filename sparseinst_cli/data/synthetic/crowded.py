@@ -17,10 +17,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
-from sparseinst_cli.data.synthetic import RenderedObject, Renderer, write_dataset
+from .imaging import illumination, smooth_noise
+from .writer import RenderedObject, Renderer, write_dataset
 
 CROWDED_VERSION = 1
 CATEGORY = {"id": 1, "name": "nucleus", "supercategory": "cell"}
@@ -226,10 +226,10 @@ def _render(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
     level[dim] = contrast * rng.uniform(0.2, 0.45, size=int(dim.sum()))
     level[0] = 0.0
     signal = level[labels] * _domes(rng, labels)
-    texture = _smooth_noise(rng, h, w, rng.uniform(0.7, 1.6))
+    texture = smooth_noise(rng, h, w, rng.uniform(0.7, 1.6))
     signal *= 1 + rng.uniform(0.1, 0.25) * texture
     image = ndimage.gaussian_filter(background + signal, rng.uniform(0.6, 1.4))
-    image *= _illumination(rng, h, w)
+    image *= illumination(rng, h, w)
     sigma = np.sqrt(rng.uniform(3, 8) ** 2 + rng.uniform(0.1, 0.6) * np.maximum(image, 0))
     image += sigma * rng.standard_normal((h, w))
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
@@ -249,16 +249,3 @@ def _domes(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
         view = profile[box]
         view[own[1:-1, 1:-1]] = (1 - depth * (1 - rel) ** 2)[own[1:-1, 1:-1]]
     return profile
-
-
-def _smooth_noise(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.ndarray:
-    """Gaussian-filtered white noise float [h, w] with unit standard deviation."""
-    field = ndimage.gaussian_filter(rng.standard_normal((h, w)), sigma)
-    return field / max(float(field.std()), 1e-6)
-
-
-def _illumination(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Smooth multiplicative field float [h, w] around 1 (vignetting, uneven lighting)."""
-    grid = rng.uniform(-1, 1, size=(3, 3)).astype(np.float32)
-    field = np.asarray(Image.fromarray(grid).resize((w, h), Image.BICUBIC))
-    return 1 + rng.uniform(0.1, 0.3) * field.astype(np.float64)

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sparseinst_cli.data.synthetic import Renderer, write_dataset
 from sparseinst_cli.data.transforms import polygons_to_mask
+
+from .writer import Renderer, write_dataset
 
 DEMO_VERSION = 1
 # (category id, name, base RGB colour)

@@ -1,0 +1,69 @@
+"""The synthetic rods dataset: deterministic, elongated, touching, loadable; its statistics say
+"elongated" and the adaptation shapes the location prior for it."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from file_support import tree_digest
+from pycocotools import mask as mask_util
+
+from sparseinst_cli.config import load_config
+from sparseinst_cli.data.coco import load_coco_json
+from sparseinst_cli.data.stats import split_stats
+from sparseinst_cli.data.synthetic.rods import RODS_PER_IMAGE, make_rods_dataset
+from sparseinst_cli.training.adapt import adapt_to_data
+
+SMALL = {"num_train": 6, "num_val": 2}
+
+
+@pytest.fixture(scope="module")
+def rods_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("rods")
+    make_rods_dataset(root, **SMALL)
+    return root
+
+
+def test_generation_is_deterministic(rods_root, tmp_path):
+    make_rods_dataset(tmp_path, **SMALL)
+    assert tree_digest(tmp_path) == tree_digest(rods_root)
+    make_rods_dataset(tmp_path, **{**SMALL, "seed": 1})
+    assert tree_digest(tmp_path) != tree_digest(rods_root)
+
+
+def test_rods_are_elongated_touching_and_never_overlap(rods_root):
+    coco = load_coco_json(rods_root / "annotations" / "train.json")
+    assert [c["name"] for c in coco.dataset["categories"]] == ["rod"]
+    touching = 0
+    for img_id, img in coco.imgs.items():
+        anns = coco.imgToAnns[img_id]
+        assert RODS_PER_IMAGE[0] // 2 <= len(anns) <= RODS_PER_IMAGE[1]
+        stack = np.stack([coco.annToMask(a) for a in anns]).astype(np.int32)
+        assert stack.shape[1:] == (img["height"], img["width"])
+        assert stack.sum(0).max() == 1
+        assert all(a["area"] == float(mask_util.area(a["segmentation"])) for a in anns)
+        labels = (stack * np.arange(1, len(anns) + 1)[:, None, None]).sum(0)
+        right = (labels[:, 1:] != labels[:, :-1]) & (labels[:, 1:] > 0) & (labels[:, :-1] > 0)
+        touching += int(right.sum())
+    assert touching > 0  # colonies: rods share borders
+    stats = split_stats(rods_root / "annotations" / "train.json")
+    assert 8 <= stats.median_width <= 20 and stats.median_elongation >= 3
+
+
+def test_elongated_data_gets_an_oriented_prior_round_data_keeps_its_own(rods_root):
+    stats = split_stats(rods_root / "annotations" / "train.json")
+    cfg = load_config("small")
+    notices = adapt_to_data(cfg, stats, set())
+    assert cfg.model.decoder.centre_prior_shape == "oriented"
+    assert any("elongated" in n and "centre_prior_shape=oriented" in n for n in notices)
+    # the user's word wins
+    cfg = load_config("small", ["model.decoder.centre_prior_shape=round"])
+    adapt_to_data(cfg, stats, {"model.decoder.centre_prior_shape"})
+    assert cfg.model.decoder.centre_prior_shape == "round"
+    # round objects, and a config without the prior, are left alone
+    round_stats = type(stats)(**{**stats.__dict__, "median_elongation": 1.2})
+    cfg = load_config("small")
+    adapt_to_data(cfg, round_stats, set())
+    assert cfg.model.decoder.centre_prior_shape == "round"
+    cfg = load_config("demo")
+    adapt_to_data(cfg, stats, set())
+    assert cfg.model.decoder.centre_prior_shape == "round"
