@@ -60,11 +60,12 @@ def centre_penalty(
     h, w = size
     dx = torch.arange(w, device=centres.device, dtype=centres.dtype) - centres[..., :1]
     dy = torch.arange(h, device=centres.device, dtype=centres.dtype) - centres[..., 1:]
-    a, c = (spread[..., :1], spread[..., 1:2]) if spread.shape[-1] == 3 else (spread, spread)
-    penalty = (c * dy.square())[..., :, None] + (a * dx.square())[..., None, :]  # [B, N, H, W]
-    if spread.shape[-1] == 3:
-        penalty = penalty + 2 * spread[..., 2:, None] * dy[..., :, None] * dx[..., None, :]
-    return penalty.flatten(2)
+    if spread.shape[-1] == 1:
+        dist2 = dy.square()[..., :, None] + dx.square()[..., None, :]  # [B, N, H, W]
+        return (spread[..., None] * dist2).flatten(2)
+    a, c, b = (spread[..., i:i + 1, None] for i in range(3))
+    penalty = c * dy.square()[..., :, None] + a * dx.square()[..., None, :]
+    return (penalty + 2 * b * dy[..., :, None] * dx[..., None, :]).flatten(2)
 
 
 def subtract_centre_penalty(
