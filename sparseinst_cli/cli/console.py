@@ -12,7 +12,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 console = Console()  # results and progress
 err_console = Console(stderr=True)  # errors and notices
@@ -49,8 +58,8 @@ class PlainLines:
     """`label done/total eta m:ss status`: the first line, then at most one per period, and the
     last one."""
 
-    def __init__(self, label: str, *, every: float | None = None):
-        self.label = label
+    def __init__(self, label: str, *, every: float | None = None, unit: str | None = None):
+        self.label, self.unit = label, unit  # unit: also print the rate, e.g. "12.5 img/s"
         self.every = plain_every() if every is None else every
         self.done = 0
         self._last: float | None = None
@@ -72,23 +81,42 @@ class PlainLines:
         if total and done > start_done:
             left = (total - done) * (now - start) / (done - start_done)
             eta = f" eta {int(left // 60)}:{int(left % 60):02d}"
+        if self.unit and now > start and done > start_done:
+            status = f"{(done - start_done) / (now - start):.1f} {self.unit}/s {status}".strip()
         tail = f" {status}" if status else ""
         console.print(f"{self.label} {done}/{total or '?'}{eta}{tail}", highlight=False,
                       soft_wrap=True)
 
 
 @contextlib.contextmanager
-def progress_bar(label: str, total: int, *, quiet: bool = False) -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    label: str, total: int, *, quiet: bool = False, unit: str | None = None
+) -> Iterator[Callable[[int], None]]:
     """A callback `advance(n)`: a transient Rich bar on a terminal, plain lines otherwise,
-    nothing with --quiet."""
+    nothing with --quiet; with `unit`, both show the rate (`12.5 img/s`)."""
     if quiet:
         yield lambda n: None
         return
     if not console.is_terminal:
-        lines = PlainLines(label)
+        lines = PlainLines(label, unit=unit)
         yield lambda n: lines.advance(n, total)
         return
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as progress:
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn()]
+    if unit:
+        columns.append(_RateColumn(unit))
+    with Progress(*columns, TimeRemainingColumn(), console=console,
+                  transient=True) as progress:
         task = progress.add_task(label, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+class _RateColumn(ProgressColumn):
+    """Items per second, e.g. `12.5 img/s`."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} {self.unit}/s" if speed else "", style="progress.data.speed")

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..engine.predict import PredictOptions, run_predict
 from ..errors import RunError, UserError
-from ..media.sources import expand_sources
+from ..media.sources import count_pictures, expand_sources
 from ..predictor import Predictor
 from .console import console, info, progress_bar, state
 from .options import (
@@ -89,7 +89,8 @@ def predict(
         save_json=save_json,
         save_masks=save_masks,
     )
-    with progress_bar("predict", len(items), quiet=state.quiet) as advance:
+    total = count_pictures(items)
+    with progress_bar("predict", total, quiet=state.quiet, unit="img") as advance:
         summary = run_predict(predictor, items, opts, advance)
     done = summary.images + summary.frames
     if done:
@@ -115,6 +116,7 @@ def _render_summary(summary, out: Path) -> None:
         "pre ms/img",
         "model ms/img",
         "post ms/img",
+        "img/s",
     ):
         table.add_column(column, justify="right")
     secs = summary.seconds
@@ -125,6 +127,7 @@ def _render_summary(summary, out: Path) -> None:
         f"{secs['pre'] * 1000 / n:.1f}",
         f"{secs['model'] * 1000 / n:.1f}",
         f"{secs['post'] * 1000 / n:.1f}",
+        f"{summary.pictures_per_second:.1f}",
     )
     if not state.quiet:
         console.print(table)

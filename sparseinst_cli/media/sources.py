@@ -6,6 +6,8 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+
 from ..errors import UserError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -62,3 +64,16 @@ def expand_sources(sources: list[str], *, recursive: bool = False) -> list[Sourc
         else:
             raise UserError(f"source not found: {source}")
     return items
+
+
+def count_pictures(items: list[SourceItem]) -> int:
+    """Images plus the frames their containers announce for videos (0 where unknown)."""
+    total = 0
+    for item in items:
+        if item.kind == "image":
+            total += 1
+            continue
+        cap = cv2.VideoCapture(str(item.path))
+        total += max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if cap.isOpened() else 1
+        cap.release()
+    return total
