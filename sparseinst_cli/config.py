@@ -53,9 +53,10 @@ class DecoderConfig:
     # Mask logits fall with the squared distance to the instance's activation centre, at a
     # per-instance rate: keeps masks apart among many similar small objects (not official)
     centre_prior: bool = False
-    # round: the prior falls alike in every direction; oriented: along and across an axis that
-    # each instance predicts, for elongated objects (rods, fibres)
-    centre_prior_shape: str = "round"
+    # round: the centre prior falls alike in every direction and centre heatmap targets are
+    # round; elongated (rods, fibres): the prior falls along and across an axis each instance
+    # predicts, and each object's heatmap target is its own ellipse, peaking on the object
+    object_shape: str = "round"
     # Each instance's activation map is held near a learned anchor point of the image, so maps
     # find one object each in crowded images of alike objects (not official)
     query_anchors: bool = False

@@ -118,7 +118,7 @@ def test_spread_head_starts_round_and_stays_positive_semi_definite():
     from sparseinst_cli.modeling.small_head import SpreadHead
 
     torch.manual_seed(0)
-    head = SpreadHead(16, "oriented")
+    head = SpreadHead(16, "elongated")
     a, c, b = head(torch.zeros(1, 4, 16)).unbind(-1)
     torch.testing.assert_close(a, c)
     torch.testing.assert_close(b, torch.zeros_like(b))

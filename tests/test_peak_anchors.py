@@ -36,6 +36,48 @@ def test_centre_targets_peak_at_each_centre_and_fall_around_it():
     assert int((centre_targets(torch.zeros(1, 8, 12)) == 1).sum()) == 0  # an empty mask: none
 
 
+def _rod(h: int, w: int, centre: tuple[float, float], half: tuple[float, float],
+         angle: float) -> torch.Tensor:
+    """A filled ellipse (half axes in cells, angle in radians) as a float mask [h, w]."""
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32),
+                            torch.arange(w, dtype=torch.float32), indexing="ij")
+    dx, dy = xs - centre[0], ys - centre[1]
+    along = dx * math.cos(angle) + dy * math.sin(angle)
+    across = -dx * math.sin(angle) + dy * math.cos(angle)
+    return ((along / half[0]).square() + (across / half[1]).square() <= 1).float()
+
+
+def test_oriented_centre_targets_follow_each_object_and_equal_round_ones_on_disks():
+    disk = _rod(40, 40, (20, 20), (8, 8), 0.0)[None]
+    torch.testing.assert_close(centre_targets(disk, oriented=True), centre_targets(disk),
+                               atol=2e-3, rtol=0)
+    # two parallel rods side by side, 4 cells apart, tilted by 30 degrees
+    tilt = math.radians(30)
+    step = (-4 * math.sin(tilt), 4 * math.cos(tilt))
+    rods = torch.stack([_rod(48, 64, (32 + k * step[0], 24 + k * step[1]), (16, 1.6), tilt)
+                        for k in (-0.5, 0.5)])
+    heat = centre_targets(rods, oriented=True)
+    assert int((heat == 1).sum()) == 2
+    # on the neighbour's centre line, a rod's round Gaussian is still high; its ellipse is not
+    assert (rods[1] * centre_targets(rods[:1], oriented=True)).max() < 0.05
+    assert (rods[1] * centre_targets(rods[:1])).max() > 0.2
+    # along its axis a rod's ellipse stays high further than a round Gaussian of it does
+    one = centre_targets(rods[:1], oriented=True)
+    y, x = (one == 1).nonzero()[0].tolist()
+    along = (y + round(6 * math.sin(tilt)), x + round(6 * math.cos(tilt)))
+    assert one[along] > 0.5 > centre_targets(rods[:1])[along]
+
+
+def test_oriented_centre_targets_peak_on_the_object_when_its_centre_is_outside():
+    arc = torch.zeros(40, 40)
+    ys, xs = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    radius = ((xs - 20).square() + (ys - 20).square()).sqrt()
+    arc[(radius >= 12) & (radius <= 15) & (ys >= 20)] = 1.0  # a half ring: centre of mass outside
+    peak = (centre_targets(arc[None], oriented=True) == 1).nonzero()
+    assert peak.shape[0] == 1 and arc[tuple(peak[0])] == 1
+    assert arc[tuple((centre_targets(arc[None]) == 1).nonzero()[0])] == 0  # round: off it
+
+
 def test_centre_focal_loss_is_lowest_for_the_target_itself():
     targets = centre_targets(two_touching_squares())[None, None]
     good = torch.logit(targets.clamp(1e-3, 1 - 1e-3))

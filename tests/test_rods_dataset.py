@@ -53,17 +53,17 @@ def test_elongated_data_gets_an_oriented_prior_round_data_keeps_its_own(rods_roo
     stats = split_stats(rods_root / "annotations" / "train.json")
     cfg = load_config("small")
     notices = adapt_to_data(cfg, stats, set())
-    assert cfg.model.decoder.centre_prior_shape == "oriented"
-    assert any("elongated" in n and "centre_prior_shape=oriented" in n for n in notices)
+    assert cfg.model.decoder.object_shape == "elongated"
+    assert any("elongated" in n and "object_shape=elongated" in n for n in notices)
     # the user's word wins
-    cfg = load_config("small", ["model.decoder.centre_prior_shape=round"])
-    adapt_to_data(cfg, stats, {"model.decoder.centre_prior_shape"})
-    assert cfg.model.decoder.centre_prior_shape == "round"
+    cfg = load_config("small", ["model.decoder.object_shape=round"])
+    adapt_to_data(cfg, stats, {"model.decoder.object_shape"})
+    assert cfg.model.decoder.object_shape == "round"
     # round objects, and a config without the prior, are left alone
     round_stats = type(stats)(**{**stats.__dict__, "median_elongation": 1.2})
     cfg = load_config("small")
     adapt_to_data(cfg, round_stats, set())
-    assert cfg.model.decoder.centre_prior_shape == "round"
+    assert cfg.model.decoder.object_shape == "round"
     cfg = load_config("demo")
     adapt_to_data(cfg, stats, set())
-    assert cfg.model.decoder.centre_prior_shape == "round"
+    assert cfg.model.decoder.object_shape == "round"

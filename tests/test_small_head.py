@@ -38,13 +38,13 @@ def test_centre_penalty_is_spread_times_squared_distance():
     assert penalty[0, 0, 2, 1] == 0
 
 
-PRIORS = ["round", "oriented"]  # model.decoder.centre_prior_shape: nuclei, rods
+PRIORS = ["round", "elongated"]  # model.decoder.object_shape: nuclei, rods
 
 
 @pytest.fixture(scope="module", params=PRIORS)
 def small_model(request):
     torch.manual_seed(0)
-    shape = f"model.decoder.centre_prior_shape={request.param}"
+    shape = f"model.decoder.object_shape={request.param}"
     return build_model(load_config("small", [*SMALL, shape]).model).eval()
 
 
@@ -68,7 +68,7 @@ def test_batched_equals_per_image(small_model):
 @pytest.mark.parametrize("prior", PRIORS)
 def test_small_model_exports_to_onnx_with_parity(tmp_path, prior):
     pytest.importorskip("onnxruntime")
-    loaded = load_model(None, "small", [*SMALL, f"model.decoder.centre_prior_shape={prior}"])
+    loaded = load_model(None, "small", [*SMALL, f"model.decoder.object_shape={prior}"])
     out = tmp_path / "small.onnx"
     result = export_model(loaded, ExportOptions(format="onnx", dynamic=True, out=out,
                                                 size=(96, 128)))

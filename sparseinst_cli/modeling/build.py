@@ -53,7 +53,7 @@ def build_model(cfg: ModelConfig) -> SparseInst:
         centre_prior=d.centre_prior,
         query_anchors=d.query_anchors,
         peak_anchors=d.peak_anchors,
-        centre_prior_shape=d.centre_prior_shape,
+        object_shape=d.object_shape,
     )
     return SparseInst(
         backbone=backbone,

@@ -69,7 +69,7 @@ class InstanceBranch(nn.Module):
         centre_prior: bool,
         query_anchors: bool,
         peak_anchors: bool = False,
-        centre_prior_shape: str = "round",
+        object_shape: str = "round",
     ):
         super().__init__()
         self.kind = kind  # checked with the rest of the config: modeling.build
@@ -87,7 +87,7 @@ class InstanceBranch(nn.Module):
         self.mask_kernel = nn.Linear(head_dim, kernel_dim)
         self.objectness = nn.Linear(head_dim, 1)
         # The small-data head's additions (small_head.py), when the config asks for them.
-        self.mask_spread = SpreadHead(head_dim, centre_prior_shape) if centre_prior else None
+        self.mask_spread = SpreadHead(head_dim, object_shape) if centre_prior else None
         self.anchors = make_anchors(num_masks, peak=peak_anchors, query=query_anchors)
         if self.anchors is not None:
             self.offset_embed = offset_embedding(head_dim)
@@ -242,7 +242,7 @@ class IAMDecoder(nn.Module):
         centre_prior: bool,
         query_anchors: bool,
         peak_anchors: bool = False,
-        centre_prior_shape: str = "round",
+        object_shape: str = "round",
     ):
         super().__init__()
         self.scale_factor = scale_factor
@@ -260,7 +260,7 @@ class IAMDecoder(nn.Module):
             centre_prior=centre_prior,
             query_anchors=query_anchors,
             peak_anchors=peak_anchors,
-            centre_prior_shape=centre_prior_shape,
+            object_shape=object_shape,
         )
         self.mask_branch = MaskBranch(
             in_channels=in_channels + 2, dim=mask_dim, num_convs=mask_convs, kernel_dim=kernel_dim,

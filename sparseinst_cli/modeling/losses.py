@@ -6,6 +6,8 @@ resizes the targets once, matches, and returns the weighted losses.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -86,10 +88,16 @@ def activation_mass_loss(maps: Tensor, targets: Tensor) -> Tensor:
     return -(mass + ACTIVATION_MASS_EPS).log().mean(-1).sum()
 
 
-def centre_targets(masks: Tensor) -> Tensor:
+def centre_targets(masks: Tensor, *, oriented: bool = False) -> Tensor:
     """[M, h, w] instance masks in [0, 1] -> [h, w] centre heatmap (CenterNet's): per object a
     Gaussian around its centre of mass, sigma a quarter of the square root of its area (at
-    least half a cell), exactly 1 at the cell nearest that centre; the maximum over objects."""
+    least half a cell), exactly 1 at the cell nearest that centre; the maximum over objects.
+
+    oriented: each Gaussian is the object's own ellipse instead (its covariance 0.785 times the
+    mask's: for a disk both give the same sigma), around the object cell nearest its centre of
+    mass (a bent rod's centre of mass can lie outside it). A round Gaussian as wide as a long
+    rod's square root of area spreads over the rods touching its sides, so theirs merge.
+    """
     h, w = masks.shape[-2:]
     mass = masks.flatten(1).sum(-1)
     masks, mass = masks[mass > 0], mass[mass > 0]
@@ -98,12 +106,42 @@ def centre_targets(masks: Tensor) -> Tensor:
     cx, cy = centres_of_mass(masks).unbind(-1)
     ys = torch.arange(h, device=masks.device, dtype=torch.float32)
     xs = torch.arange(w, device=masks.device, dtype=torch.float32)
-    sigma2 = (mass.sqrt() / 4).clamp(min=0.5).square()
-    dist2 = (ys - cy[:, None]).square()[:, :, None] + (xs - cx[:, None]).square()[:, None, :]
-    heat = torch.exp(-dist2 / (2 * sigma2[:, None, None]))
+    if oriented:
+        heat, cx, cy = _oriented_gaussians(masks.float(), mass, cx, cy, xs, ys)
+    else:
+        sigma2 = (mass.sqrt() / 4).clamp(min=0.5).square()
+        dist2 = (ys - cy[:, None]).square()[:, :, None] + (xs - cx[:, None]).square()[:, None, :]
+        heat = torch.exp(-dist2 / (2 * sigma2[:, None, None]))
     iy, ix = cy.round().long().clamp(0, h - 1), cx.round().long().clamp(0, w - 1)
     heat[torch.arange(len(mass), device=masks.device), iy, ix] = 1.0
     return heat.amax(0)
+
+
+# sqrt(area)/4 squared over the variance of a disk along one axis (r^2/4): pi/4.
+_COVARIANCE_SCALE = math.pi / 4
+
+
+def _oriented_gaussians(
+    masks: Tensor, mass: Tensor, cx: Tensor, cy: Tensor, xs: Tensor, ys: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per mask a Gaussian with the mask's covariance (times pi/4, eigenvalues at least 1/4
+    cell^2) around the mask cell nearest its centre of mass: [M, h, w] and that cell's x, y."""
+    dx, dy = xs - cx[:, None], ys - cy[:, None]  # [M, w], [M, h]
+    var_x = (masks.sum(1) * dx.square()).sum(-1) / mass
+    var_y = (masks.sum(2) * dy.square()).sum(-1) / mass
+    cov_xy = torch.einsum("mhw,mh,mw->m", masks, dy, dx) / mass
+    cov = torch.stack([var_x, cov_xy, cov_xy, var_y], -1).reshape(-1, 2, 2) * _COVARIANCE_SCALE
+    values, vectors = torch.linalg.eigh(cov)
+    inverse = vectors @ torch.diag_embed(1 / values.clamp(min=0.25)) @ vectors.transpose(1, 2)
+    # the object cell nearest the centre of mass
+    dist2 = dy.square()[:, :, None] + dx.square()[:, None, :]
+    nearest = torch.where(masks > 0, dist2, torch.inf).flatten(1).argmin(-1)
+    cy, cx = (nearest // masks.shape[-1]).float(), (nearest % masks.shape[-1]).float()
+    dx, dy = xs - cx[:, None], ys - cy[:, None]
+    quad = (inverse[:, 0, 0, None, None] * dx.square()[:, None, :]
+            + inverse[:, 1, 1, None, None] * dy.square()[:, :, None]
+            + 2 * inverse[:, 0, 1, None, None] * dy[:, :, None] * dx[:, None, :])
+    return torch.exp(-quad / 2), cx, cy
 
 
 def centre_focal_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -168,6 +206,7 @@ class SparseInstCriterion(nn.Module):
         iam_weight: float,
         target_resize: str,
         centre_weight: float = 0.0,
+        oriented_centres: bool = False,
         focal_alpha: float,
         focal_gamma: float,
     ) -> None:
@@ -183,6 +222,7 @@ class SparseInstCriterion(nn.Module):
         self.objectness_weight = objectness_weight
         self.iam_weight = iam_weight
         self.centre_weight = centre_weight
+        self.oriented_centres = oriented_centres
         self.target_resize = target_resize
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
@@ -241,7 +281,8 @@ class SparseInstCriterion(nn.Module):
         size = logits.shape[-2:]
         targets = torch.stack([
             centre_targets(m if m.shape[-2:] == size
-                           else resize_target_masks(m, size, self.target_resize))
+                           else resize_target_masks(m, size, self.target_resize),
+                           oriented=self.oriented_centres)
             for m in tgt_masks
         ])
         return self.centre_weight * centre_focal_loss(logits.float(), targets[:, None])

@@ -276,23 +276,23 @@ class QueryAnchors(nn.Module):
                 self.log_width[None].expand(batch, -1))
 
 
-PRIOR_SHAPES = ("round", "oriented")
+OBJECT_SHAPES = ("round", "elongated")
 
 
 class SpreadHead(nn.Linear):
     """Location prior: each instance's inverse squared spread from its features [B, N, D].
 
-    round: [B, N, 1], one rate for every direction. oriented: [B, N, 3] = (a, c, b) of the
+    round objects: [B, N, 1], one rate for every direction. elongated: [B, N, 3] = (a, c, b) of the
     quadratic form a dx^2 + c dy^2 + 2 b dx dy, positive semi-definite by construction
     (b = tanh(.) sqrt(ac)), so that a long object's prior can be long: it starts round. Both
     start at `INITIAL_SPREAD`. A linear layer itself, so its weights keep their checkpoint keys.
     """
 
     def __init__(self, head_dim: int, shape: str = "round"):
-        if shape not in PRIOR_SHAPES:
-            raise UserError(f"model.decoder.centre_prior_shape must be one of "
-                            f"{', '.join(PRIOR_SHAPES)}, got {shape!r}")
-        self.oriented = shape == "oriented"
+        if shape not in OBJECT_SHAPES:
+            raise UserError(f"model.decoder.object_shape must be one of "
+                            f"{', '.join(OBJECT_SHAPES)}, got {shape!r}")
+        self.oriented = shape == "elongated"
         super().__init__(head_dim, 3 if self.oriented else 1)
         nn.init.normal_(self.weight, std=0.01)
         with torch.no_grad():

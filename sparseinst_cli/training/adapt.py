@@ -47,7 +47,7 @@ def adapt_to_data(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[s
     notices = _queries(cfg, stats, user_keys)
     notices += _input_sizes(cfg, stats, user_keys)
     notices += _train_window(cfg, stats, user_keys)
-    notices += _prior_shape(cfg, stats, user_keys)
+    notices += _object_shape(cfg, stats, user_keys)
     notices += _mask_stride(cfg, stats)
     return notices
 
@@ -110,17 +110,19 @@ def _train_window(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[s
     ]
 
 
-def _prior_shape(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[str]:
-    """Elongated objects: a location prior long along each object's axis, short across it."""
+def _object_shape(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[str]:
+    """Elongated objects: a location prior and centre targets long along each object's axis,
+    short across it."""
     decoder = cfg.model.decoder
-    if not decoder.centre_prior or "model.decoder.centre_prior_shape" in user_keys:
+    if not decoder.centre_prior or "model.decoder.object_shape" in user_keys:
         return []
-    if not stats.median_elongation >= ELONGATED or decoder.centre_prior_shape == "oriented":
+    if not stats.median_elongation >= ELONGATED or decoder.object_shape == "elongated":
         return []
-    decoder.centre_prior_shape = "oriented"
+    decoder.object_shape = "elongated"
     return [
         f"objects are elongated (median length / width {stats.median_elongation:.1f}): the "
-        "location prior follows each object's axis (model.decoder.centre_prior_shape=oriented)"
+        "location prior and the centre targets follow each object's axis "
+        "(model.decoder.object_shape=elongated)"
     ]
 
 

@@ -44,6 +44,7 @@ def build_criterion(cfg: Config) -> SparseInstCriterion:
         mask_bce_weight=loss.mask_bce_weight, dice_weight=loss.dice_weight,
         objectness_weight=loss.objectness_weight, iam_weight=loss.iam_weight,
         target_resize=loss.target_resize, centre_weight=loss.centre_weight,
+        oriented_centres=cfg.model.decoder.object_shape == "elongated",
         focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma,
     )
 
