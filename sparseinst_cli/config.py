@@ -178,13 +178,24 @@ def _unknown_key_error(key: str, valid: list[str], where: str) -> UserError:
     return UserError(f"unknown config key '{where}{key}'{hint}")
 
 
+# Keys renamed since a release, as stored in checkpoints and exported models: old dotted key ->
+# (new name, old value -> new value).
+RENAMED_KEYS: dict[str, tuple[str, dict[str, str]]] = {
+    "model.decoder.centre_prior_shape": ("object_shape", {"oriented": "elongated"}),
+}
+
+
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass `cls` from a nested dict; unknown keys raise UserError with a suggestion."""
+    """Build dataclass `cls` from a nested dict; unknown keys raise UserError with a suggestion;
+    renamed keys (`RENAMED_KEYS`) are read under their new name."""
     if not isinstance(data, dict):
         raise UserError(f"config section '{where.rstrip('.') or '<root>'}' must be a mapping")
     kwargs: dict[str, Any] = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in data.items():
+        if f"{where}{key}" in RENAMED_KEYS:
+            key, values = RENAMED_KEYS[f"{where}{key}"]
+            value = values.get(value, value) if isinstance(value, str) else value
         if key not in fields:
             raise _unknown_key_error(key, list(fields), where)
         default = getattr(cls(), key)

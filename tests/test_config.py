@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sparseinst_cli.config import load_config, zoo_names
+from sparseinst_cli.config import config_with_overrides, load_config, zoo_names
 from sparseinst_cli.errors import UserError
 
 D2_BASE = """
@@ -103,3 +103,14 @@ def test_detectron2_yaml_rejects_unknown_keys_by_name(tmp_path):
     (tmp_path / "x.yaml").write_text(D2_BASE + "MODEL_EXTRA: 1\nSOLVER_X: {FOO: 2}\n")
     with pytest.raises(UserError, match="MODEL_EXTRA, SOLVER_X.FOO"):
         load_config(tmp_path / "x.yaml")
+
+
+def test_a_renamed_key_in_a_stored_config_is_read_under_its_new_name():
+    """Checkpoints written before `model.decoder.object_shape` was named stored
+    `centre_prior_shape: oriented`; they load as `elongated`."""
+    stored = load_config("small").to_dict()
+    del stored["model"]["decoder"]["object_shape"]
+    stored["model"]["decoder"]["centre_prior_shape"] = "oriented"
+    assert config_with_overrides(stored).model.decoder.object_shape == "elongated"
+    stored["model"]["decoder"]["centre_prior_shape"] = "round"
+    assert config_with_overrides(stored).model.decoder.object_shape == "round"
