@@ -67,7 +67,8 @@ def expand_sources(sources: list[str], *, recursive: bool = False) -> list[Sourc
 
 
 def count_pictures(items: list[SourceItem]) -> int:
-    """Images plus the frames their containers announce for videos (0 where unknown)."""
+    """Images plus the frames their containers announce for videos (0 where unknown; 1 for a
+    video that cannot be opened, which is skipped as one input)."""
     total = 0
     for item in items:
         if item.kind == "image":
