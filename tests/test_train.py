@@ -171,3 +171,20 @@ def test_loader_workers_keep_the_cpu_value_and_grow_for_a_gpu(monkeypatch):
     assert plan.loader_workers(None, 2, "cuda") == 2
     with pytest.raises(UserError, match="0 or more"):
         plan.loader_workers(-1, 2, "cpu")
+
+
+def test_training_evaluates_one_image_at_a_time(data, tmp_path, monkeypatch):
+    """As `sparseinst eval` does: padding images of different sizes into one batch changes
+    SparseInst's outputs, so training's AP (and best.pth) would differ from what users measure."""
+    from sparseinst_cli.training import loop
+
+    batches = []
+
+    def spy(*args, batch_size: int = 1, **kwargs):
+        batches.append(batch_size)
+        return real(*args, batch_size=batch_size, **kwargs)
+
+    real = loop.evaluate_split
+    monkeypatch.setattr(loop, "evaluate_split", spy)
+    train(data, tmp_path, overrides=("solver.batch_size=4",))
+    assert batches and set(batches) == {1}
