@@ -322,10 +322,13 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
 
 def override_keys(overrides: list[str]) -> set[str]:
-    """The dotted keys that `overrides` set: `solver.lr=1e-4` -> {"solver.lr"}."""
+    """The dotted keys that `overrides` set: `solver.lr=1e-4` -> {"solver.lr"}; a renamed key
+    under its new name, as `from_dict` reads it."""
     def walk(tree: dict[str, Any], prefix: str) -> set[str]:
         keys: set[str] = set()
         for key, value in tree.items():
+            if f"{prefix}{key}" in RENAMED_KEYS:
+                key = RENAMED_KEYS[f"{prefix}{key}"][0]
             dotted = f"{prefix}{key}"
             keys |= walk(value, f"{dotted}.") if isinstance(value, dict) else {dotted}
         return keys

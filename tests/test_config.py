@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sparseinst_cli.config import config_with_overrides, load_config, zoo_names
+from sparseinst_cli.config import config_with_overrides, load_config, override_keys, zoo_names
 from sparseinst_cli.errors import UserError
 
 D2_BASE = """
@@ -114,3 +114,6 @@ def test_a_renamed_key_in_a_stored_config_is_read_under_its_new_name():
     assert config_with_overrides(stored).model.decoder.object_shape == "elongated"
     stored["model"]["decoder"]["centre_prior_shape"] = "round"
     assert config_with_overrides(stored).model.decoder.object_shape == "round"
+    # on the command line too: the data's adaptation sees that the user chose the shape
+    assert override_keys(["model.decoder.centre_prior_shape=round"]) == {
+        "model.decoder.object_shape"}
