@@ -179,3 +179,28 @@ def test_bad_inputs_get_one_line(args, fragment, tmp_path, image_folder, tiny_ch
     assert fragment in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_sigterm_mid_video_keeps_finished_outputs_and_no_partial_file(
+    tiny_checkpoint, tmp_path, image_folder
+):
+    """A job scheduler's SIGTERM stops `predict` as Ctrl-C does: exit 130, the finished image
+    kept, the unfinished video's temporary file removed."""
+    import signal
+    import subprocess
+    import time
+
+    from cli_support import CLI
+
+    video = _clip(tmp_path / "long.mp4", 3000)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, "predict", str(image_folder / "good.jpg"), str(video),
+                             "--weights", str(tiny_checkpoint), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(out.glob(".long.*")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the video has started
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["good.jpg"]

@@ -12,7 +12,8 @@ from ..engine.predict import PredictOptions, run_predict
 from ..errors import RunError, UserError
 from ..media.sources import count_pictures, expand_sources
 from ..predictor import Predictor
-from .console import console, info, progress_bar, state
+from ..training.signals import sigterm_as_ctrl_c
+from .console import console, err_console, info, progress_bar, state
 from .options import (
     BatchOpt,
     ConfigOpt,
@@ -90,8 +91,14 @@ def predict(
         save_masks=save_masks,
     )
     total = count_pictures(items)
-    with progress_bar("predict", total, quiet=state.quiet, unit="img") as advance:
-        summary = run_predict(predictor, items, opts, advance)
+    try:
+        with sigterm_as_ctrl_c(), progress_bar("predict", total, quiet=state.quiet,
+                                               unit="img") as advance:
+            summary = run_predict(predictor, items, opts, advance)
+    except KeyboardInterrupt:  # Typer would exit 130 without a word
+        err_console.print(f"[bold red]error:[/] interrupted; the finished outputs are in {out}",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     done = summary.images + summary.frames
     if done:
         _render_summary(summary, out)

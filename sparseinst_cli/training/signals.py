@@ -1,7 +1,9 @@
 """Ctrl-C and SIGTERM during training: a request to stop after the current iteration.
 
 The loop runs inside `StopSignals`; data loader workers start inside `signals_ignored`, so a
-Ctrl-C reaches the loop only and training stops cleanly with a resumable last.pth.
+Ctrl-C reaches the loop only and training stops cleanly with a resumable last.pth. Commands
+that clean up on Ctrl-C (`predict`) run inside `sigterm_as_ctrl_c`, so a SIGTERM from a job
+scheduler or `timeout` cleans up the same way instead of killing them mid-write.
 """
 from __future__ import annotations
 
@@ -26,6 +28,23 @@ def signals_ignored() -> Iterator[None]:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the main thread meanwhile, as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 class StopSignals:
