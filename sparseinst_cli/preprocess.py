@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data.transforms import resize_image, shortest_edge_size
+from .data.transforms import PAD_MULTIPLE, resize_image, shortest_edge_size
 
 
 @dataclass
@@ -34,7 +34,7 @@ def resize_for_test(image: np.ndarray, min_size: int, max_size: int) -> np.ndarr
 
 
 def pad_batch(
-    images: list[torch.Tensor], pad_value: list[float], size_divisibility: int = 32
+    images: list[torch.Tensor], pad_value: list[float], size_divisibility: int = PAD_MULTIPLE
 ) -> torch.Tensor:
     """[3, h_i, w_i] tensors -> [B, 3, Hp, Wp] float32, bottom/right padded with `pad_value`."""
     max_h = max(int(im.shape[-2]) for im in images)

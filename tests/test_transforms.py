@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sparseinst_cli.data.transforms import (
+    PAD_MULTIPLE,
     Instance,
     TransformConfig,
     apply_train_transforms,
@@ -18,6 +20,7 @@ from sparseinst_cli.data.transforms import (
     resize_image,
     shortest_edge_size,
 )
+from sparseinst_cli.preprocess import pad_batch
 
 
 def square(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
@@ -167,14 +170,30 @@ def test_training_window_cuts_image_and_masks_alike_after_the_resize():
     whole, whole_labels, whole_masks = apply_train_transforms(
         img, inst, whole_cfg, np.random.default_rng(5))
     out, labels, masks = apply_train_transforms(img, inst, window_cfg, np.random.default_rng(5))
-    assert whole.shape == (200, 240, 3) and out.shape == (64, 64, 3)
+    assert whole.shape == (200, 240, 3)
+    wh, ww = out.shape[:2]
+    assert 64 - PAD_MULTIPLE < wh <= 64 and 64 - PAD_MULTIPLE < ww <= 64
     # The window is a piece of the resized image, found where it matches exactly.
-    hits = [(y, x) for y in range(200 - 63) for x in range(240 - 63)
-            if np.array_equal(whole[y:y + 64, x:x + 64], out)]
+    hits = [(y, x) for y in range(200 - wh + 1) for x in range(240 - ww + 1)
+            if np.array_equal(whole[y:y + wh, x:x + ww], out)]
     assert len(hits) == 1
     y, x = hits[0]
-    cut = whole_masks[:, y:y + 64, x:x + 64]
+    cut = whole_masks[:, y:y + wh, x:x + ww]
     kept = cut.reshape(len(cut), -1).any(1)  # objects the window misses are dropped
     assert 0 < kept.sum() < len(inst)
     np.testing.assert_array_equal(masks, cut[kept])
     assert labels.tolist() == whole_labels[kept].tolist()
+
+
+def test_training_windows_leave_room_for_the_padding_inference_adds():
+    """Windows fall short of their size by 0-31 px a side, so that padded batches hold the
+    pixel-mean padding inference adds up to a multiple of 32 (a model that never saw it fires
+    along its edge)."""
+    img = np.zeros((400, 500, 3), np.uint8)
+    cfg = TransformConfig(min_sizes=(400,), max_size=1000, flip_prob=0.0, window=320)
+    rng = np.random.default_rng(0)
+    shapes = [apply_train_transforms(img, [], cfg, rng)[0].shape[:2] for _ in range(400)]
+    heights, widths = {h for h, _ in shapes}, {w for _, w in shapes}
+    assert heights == widths == set(range(320 - PAD_MULTIPLE + 1, 321))
+    batch = pad_batch([torch.zeros(3, h, w) for h, w in shapes[:4]], [0.0, 0.0, 0.0])
+    assert batch.shape[-2:] == (320, 320)  # the same shape as whole windows

@@ -16,6 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 DEFAULT_MIN_SIZES = (416, 448, 480, 512, 544, 576, 608, 640)
+PAD_MULTIPLE = 32  # batches are padded up to a multiple of this (preprocess.pad_batch)
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,12 @@ def apply_train_transforms(
         image, instances = crop(image, instances, y0, x0, ch, cw)
     image, instances = _resize_shortest(image, instances, cfg.min_sizes, cfg.max_size, rng)
     if cfg.window:
-        window = random_crop_window(*image.shape[:2], (cfg.window, cfg.window), rng)
+        # Each side 0 to 31 px short of the window, so that batches carry the padding inference
+        # adds up to a multiple of 32: a model trained on full windows never saw it, and its
+        # centre heatmap fired along the padding's edge, where peaks took queries from objects
+        # (rods stand-in: 2 AP lost).
+        smallest = max(cfg.window - PAD_MULTIPLE + 1, min(cfg.window, PAD_MULTIPLE))
+        window = random_crop_window(*image.shape[:2], (smallest, cfg.window), rng)
         image, instances = crop(image, instances, *window)
     image = np.ascontiguousarray(image)
     labels, masks = rasterize(instances, *image.shape[:2])
