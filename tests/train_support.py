@@ -45,10 +45,10 @@ TINY = [
 SMALL_HEAD = ("model.decoder.mask_stride=4", "model.decoder.centre_prior=true",
               "model.decoder.peak_anchors=true", "loss.centre_weight=1.0",
               "loss.matcher_anchor=1.0", "loss.target_resize=area",
-              # and the training window small objects get (adapt.py): on the 64x85 training
-              # images it cuts the long side but always keeps part of both objects, so the
-              # per-process instance counts stay equal (DDP test)
-              "input.train_window=64")
+              # and the training window small objects get (adapt.py): 65-96 px a side (padded
+              # to 96), so on the 64x85 training images it keeps the height and 65-85 px of the
+              # width, part of both objects: per-process instance counts stay equal (DDP test)
+              "input.train_window=96")
 
 
 def make_dataset(root: Path, *, n_train: int = 8, n_val: int = 4, per_image: int = 2) -> Path:

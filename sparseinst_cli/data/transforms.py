@@ -211,11 +211,13 @@ def apply_train_transforms(
         image, instances = crop(image, instances, y0, x0, ch, cw)
     image, instances = _resize_shortest(image, instances, cfg.min_sizes, cfg.max_size, rng)
     if cfg.window:
-        # Each side 0 to 31 px short of the window, so that batches carry the padding inference
-        # adds up to a multiple of 32: a model trained on full windows never saw it, and its
-        # centre heatmap fired along the padding's edge, where peaks took queries from objects
-        # (rods stand-in: 2 AP lost).
-        smallest = max(cfg.window - PAD_MULTIPLE + 1, min(cfg.window, PAD_MULTIPLE))
+        # Each side up to 31 px short of its padded size, so that batches carry the padding
+        # inference adds up to a multiple of 32: a model trained on full windows never saw it,
+        # and its centre heatmap fired along the padding's edge, where peaks took queries from
+        # objects (rods stand-in: 2 AP lost). Every window pads to the same size, so a batch
+        # split over processes is padded as the whole batch is.
+        below = (cfg.window - 1) // PAD_MULTIPLE * PAD_MULTIPLE
+        smallest = below + 1 if below else cfg.window
         window = random_crop_window(*image.shape[:2], (smallest, cfg.window), rng)
         image, instances = crop(image, instances, *window)
     image = np.ascontiguousarray(image)
