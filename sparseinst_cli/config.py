@@ -63,6 +63,9 @@ class DecoderConfig:
     # Anchors on the peaks of a predicted centre heatmap (one instance per peak, following each
     # image's objects) instead of learned points shared by all images (not official)
     peak_anchors: bool = False
+    # Side, in heatmap cells, of the square a peak must be highest in: 3 as CenterNet; wider
+    # for elongated objects, whose long heatmap ridge otherwise holds several peaks (not official)
+    peak_window: int = 3
 
 
 @dataclass

@@ -106,6 +106,23 @@ def test_heatmap_peaks_are_the_best_local_maxima_in_raster_order():
         heatmap_peaks(logits, 49)
 
 
+def test_a_wider_peak_window_keeps_one_peak_per_ridge_and_separate_neighbours():
+    """Along a ridge with a noisy bump (one rod's heatmap) a 3x3 window finds two peaks, a 7x7
+    one; a higher peak 4 cells away stays apart in 7x7 and swallows the ridge's in 9x9."""
+    logits = torch.full((1, 1, 12, 16), -5.0)
+    logits[0, 0, 3, 2:14] = 1.0 - 0.01 * (torch.arange(2, 14.0) - 4).abs()  # top at x = 4
+    logits[0, 0, 3, 6:9] = torch.tensor([0.9, 0.98, 0.9])  # a bump 3 cells along the ridge
+    logits[0, 0, 7, 8] = 2.0  # a neighbour's peak, 4 cells from the ridge's top
+
+    def peaks(window: int, count: int) -> set[tuple[int, int]]:
+        points = heatmap_peaks(logits, count, window)[0]
+        return {(int(x * 16), int(y * 12)) for x, y in points.tolist()}
+
+    assert peaks(3, 3) == {(4, 3), (7, 3), (8, 7)}
+    assert peaks(7, 2) == {(4, 3), (8, 7)} and (7, 3) not in peaks(7, 3)
+    assert (8, 7) in peaks(9, 2) and (4, 3) not in peaks(9, 3)
+
+
 def test_peak_anchors_sit_on_the_heatmap_peaks_with_one_learned_width():
     anchors = PeakAnchors(2, width_cells=2.0)
     logits = torch.full((2, 1, 8, 8), -5.0)
@@ -161,6 +178,12 @@ def test_peak_anchors_and_their_loss_go_together(overrides: list[str], message: 
 def test_learned_and_peak_anchors_are_refused_together():
     with pytest.raises(UserError, match="two kinds of anchors"):
         build_model(load_config("small", ["model.decoder.query_anchors=true"]).model)
+
+
+@pytest.mark.parametrize("window", [4, 0, -3])
+def test_a_peak_window_without_a_centre_cell_is_refused(window: int):
+    with pytest.raises(UserError, match=f"peak_window must be an odd .* got {window}"):
+        build_model(load_config("small", [f"model.decoder.peak_window={window}"]).model)
 
 
 def test_official_variants_have_no_centre_heatmap():

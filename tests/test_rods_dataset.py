@@ -67,3 +67,36 @@ def test_elongated_data_gets_an_oriented_prior_round_data_keeps_its_own(rods_roo
     cfg = load_config("demo")
     adapt_to_data(cfg, stats, set())
     assert cfg.model.decoder.object_shape == "round"
+
+
+def test_elongated_data_widens_the_peak_window_by_the_object_width(rods_root):
+    """Half the window stays under width / sqrt(2) at the test scale, in stride-4 cells: the
+    centre of a touching neighbour as wide as the median rod never falls inside it."""
+    stats = split_stats(rods_root / "annotations" / "train.json")
+    rods = type(stats)(**{**stats.__dict__, "median_width": 13.6, "median_short_side": 320.0})
+    cfg = load_config("small")
+    notices = adapt_to_data(cfg, rods, set())
+    # tested at 480 px: 13.6 px -> 20.4 px = 5.1 cells; 5.1 / sqrt(2) = 3.6 -> half 3
+    assert cfg.input.min_size_test == 480 and cfg.model.decoder.peak_window == 7
+    assert any("model.decoder.peak_window=7" in n for n in notices)
+    thin = type(stats)(**{**rods.__dict__, "median_width": 6.0})  # 2.25 cells -> half 1
+    cfg = load_config("small")
+    adapt_to_data(cfg, thin, set())
+    assert cfg.model.decoder.peak_window == 3
+    # the user's word wins; round objects and the official variants keep CenterNet's 3x3
+    cfg = load_config("small", ["model.decoder.peak_window=5"])
+    adapt_to_data(cfg, rods, {"model.decoder.peak_window"})
+    assert cfg.model.decoder.peak_window == 5
+    for config, shape_stats in (("small", type(stats)(**{**rods.__dict__,
+                                                          "median_elongation": 1.2})),
+                                ("demo", rods)):
+        cfg = load_config(config)
+        adapt_to_data(cfg, shape_stats, set())
+        assert cfg.model.decoder.peak_window == 3
+    # elongated by the user's word, on a split without masks to measure: left as it is
+    cfg = load_config("small", ["model.decoder.object_shape=elongated"])
+    unmeasured = type(stats)(**{**rods.__dict__, "median_width": float("nan"),
+                                "median_object_size": float("nan"),
+                                "median_elongation": float("nan")})
+    adapt_to_data(cfg, unmeasured, {"model.decoder.object_shape"})
+    assert cfg.model.decoder.peak_window == 3

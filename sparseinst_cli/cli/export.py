@@ -164,7 +164,11 @@ def _caption(result: ExportResult) -> str | None:
     extra = f" ({r.note})" if r.note else ""
     if r.tolerance != r.tolerance:  # NaN: compared object by object (int8)
         return f"pass: mask IoU >= {r.min_iou_required:g}{extra}"
-    return f"pass: max|diff| <= {r.tolerance:g} and mask IoU >= {r.min_iou_required:g}{extra}"
+    if r.mask_tolerance == r.tolerance:
+        diffs = f"max|diff| <= {r.tolerance:g}"
+    else:
+        diffs = f"scores' max|diff| <= {r.tolerance:g}, masks' <= {r.mask_tolerance:g}"
+    return f"pass: {diffs} and mask IoU >= {r.min_iou_required:g}{extra}"
 
 
 def _render(result: ExportResult) -> None:

@@ -23,6 +23,9 @@ def check_model_config(cfg: ModelConfig) -> None:
     if d.query_anchors and d.peak_anchors:
         raise UserError("model.decoder.query_anchors (learned points) and peak_anchors (heatmap "
                         "peaks) are two kinds of anchors: set one of them false")
+    if d.peak_window < 1 or d.peak_window % 2 == 0:
+        raise UserError(f"model.decoder.peak_window must be an odd number of heatmap cells "
+                        f"(3, 5, 7, ...), got {d.peak_window}")
 
 
 def build_model(cfg: ModelConfig) -> SparseInst:
@@ -54,6 +57,7 @@ def build_model(cfg: ModelConfig) -> SparseInst:
         query_anchors=d.query_anchors,
         peak_anchors=d.peak_anchors,
         object_shape=d.object_shape,
+        peak_window=d.peak_window,
     )
     return SparseInst(
         backbone=backbone,

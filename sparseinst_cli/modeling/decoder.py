@@ -15,6 +15,7 @@ from torch import nn
 
 from .init import c2_msra_fill, c2_xavier_fill
 from .small_head import (
+    PEAK_WINDOW,
     PeakAnchors,
     SigmoidNormalise,
     SpreadHead,
@@ -70,6 +71,7 @@ class InstanceBranch(nn.Module):
         query_anchors: bool,
         peak_anchors: bool = False,
         object_shape: str = "round",
+        peak_window: int = PEAK_WINDOW,
     ):
         super().__init__()
         self.kind = kind  # checked with the rest of the config: modeling.build
@@ -88,7 +90,8 @@ class InstanceBranch(nn.Module):
         self.objectness = nn.Linear(head_dim, 1)
         # The small-data head's additions (small_head.py), when the config asks for them.
         self.mask_spread = SpreadHead(head_dim, object_shape) if centre_prior else None
-        self.anchors = make_anchors(num_masks, peak=peak_anchors, query=query_anchors)
+        self.anchors = make_anchors(num_masks, peak=peak_anchors, query=query_anchors,
+                                    peak_window=peak_window)
         if self.anchors is not None:
             self.offset_embed = offset_embedding(head_dim)
         prior_bias = -math.log((1 - 0.01) / 0.01)
@@ -243,6 +246,7 @@ class IAMDecoder(nn.Module):
         query_anchors: bool,
         peak_anchors: bool = False,
         object_shape: str = "round",
+        peak_window: int = PEAK_WINDOW,
     ):
         super().__init__()
         self.scale_factor = scale_factor
@@ -261,6 +265,7 @@ class IAMDecoder(nn.Module):
             query_anchors=query_anchors,
             peak_anchors=peak_anchors,
             object_shape=object_shape,
+            peak_window=peak_window,
         )
         self.mask_branch = MaskBranch(
             in_channels=in_channels + 2, dim=mask_dim, num_convs=mask_convs, kernel_dim=kernel_dim,

@@ -26,6 +26,9 @@ INITIAL_SPREAD = 0.125
 PEAK_WIDTH_CELLS = 1.5
 # Subtracted from the centre logits of cells that are not local maxima: they rank after all.
 NOT_A_PEAK = 1e4
+# Side, in heatmap cells, of the square a peak must top: CenterNet's 3x3 by default; elongated
+# objects get a wider one (`training/adapt.py`).
+PEAK_WINDOW = 3
 
 
 def activation_centres(
@@ -178,8 +181,9 @@ def anchor_offsets(
 
 
 @torch.no_grad()
-def heatmap_peaks(logits: torch.Tensor, count: int) -> torch.Tensor:
-    """The `count` highest local maxima (3x3) of centre heatmaps as anchor points, in raster order.
+def heatmap_peaks(logits: torch.Tensor, count: int, window: int = PEAK_WINDOW) -> torch.Tensor:
+    """The `count` highest local maxima (highest in their `window` x `window` square) of centre
+    heatmaps as anchor points, in raster order.
 
     logits: [B, 1, H, W]. Returns [B, count, 2]: (x, y) cell centres in [0, 1]. Other cells rank
     after all maxima, so a map with fewer objects than `count` still yields `count` distinct
@@ -191,7 +195,7 @@ def heatmap_peaks(logits: torch.Tensor, count: int) -> torch.Tensor:
         raise UserError(f"the input is too small for {count} instances on peak anchors: their "
                         f"heatmap has {h}x{w} cells; use a larger input or fewer num_masks")
     logits = logits.float()
-    is_peak = logits == F.max_pool2d(logits, 3, stride=1, padding=1)
+    is_peak = logits == F.max_pool2d(logits, window, stride=1, padding=window // 2)
     ranked = torch.where(is_peak, logits, logits - NOT_A_PEAK).flatten(1)
     index = ranked.topk(count, dim=1).indices.sort(dim=1).values  # [B, count]
     xs = ((index % w).float() + 0.5) / w
@@ -231,14 +235,17 @@ class PeakAnchors(nn.Module):
 
     Learned anchor points are the same for every image, so where objects crowd more than the
     anchors do some objects have no instance near them; peaks follow the objects of each image.
-    The anchor width is one learned value, in cells of the instance features.
+    The anchor width is one learned value, in cells of the instance features. `window`: see
+    `heatmap_peaks`.
     """
 
     no_weight_decay = True
 
-    def __init__(self, count: int, width_cells: float = PEAK_WIDTH_CELLS):
+    def __init__(self, count: int, width_cells: float = PEAK_WIDTH_CELLS,
+                 window: int = PEAK_WINDOW):
         super().__init__()
         self.count = count
+        self.window = window
         self.log_width = nn.Parameter(torch.tensor(math.log(width_cells)))
 
     def forward(
@@ -246,7 +253,7 @@ class PeakAnchors(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Centre heatmap logits [B, 1, h', w'] -> points [B, N, 2] in [0, 1] and log widths
         [B, N] in the unit of the points (the width in cells over the mean side of `size`)."""
-        points = heatmap_peaks(heatmap, self.count)
+        points = heatmap_peaks(heatmap, self.count, self.window)
         # A tensor op, not math.log: traced for ONNX, the size stays dynamic.
         side = torch.ones((), device=points.device) * ((size[0] + size[1]) / 2)
         log_width = (self.log_width - torch.log(side)).expand(points.shape[:2])
@@ -308,10 +315,12 @@ class SpreadHead(nn.Linear):
         return torch.cat([a, c, b], -1)
 
 
-def make_anchors(count: int, *, peak: bool, query: bool) -> PeakAnchors | QueryAnchors | None:
+def make_anchors(
+    count: int, *, peak: bool, query: bool, peak_window: int = PEAK_WINDOW
+) -> PeakAnchors | QueryAnchors | None:
     """Peak anchors, else learned query anchors, else none."""
     if peak:
-        return PeakAnchors(count)
+        return PeakAnchors(count, window=peak_window)
     if query:
         return QueryAnchors(count)
     return None

@@ -1,6 +1,7 @@
 """The training split shapes the config before a run: enough queries for its densest image,
 input sizes that keep small objects at their native size, training windows for small objects, a
-location prior shaped for elongated objects, a warning for objects too thin for the mask stride.
+location prior and a peak window shaped for elongated objects, a warning for objects too thin for
+the mask stride.
 An object's size here is its width (the minor axis of its mask): a 12 x 80 px rod is as small
 for the mask branch as a 12 px nucleus. Pure functions of (config, statistics, what
 the user set); the choices are saved in the run's config.yaml, so eval and predict use them too.
@@ -12,6 +13,7 @@ import math
 
 from ..config import Config
 from ..data.stats import SplitStats
+from ..modeling.small_head import PEAK_WINDOW
 
 QUERY_HEADROOM = 1.5  # queries per instance of the densest image
 QUERY_MULTIPLE = 8
@@ -48,6 +50,7 @@ def adapt_to_data(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[s
     notices += _input_sizes(cfg, stats, user_keys)
     notices += _train_window(cfg, stats, user_keys)
     notices += _object_shape(cfg, stats, user_keys)
+    notices += _peak_window(cfg, stats, user_keys)
     notices += _mask_stride(cfg, stats)
     return notices
 
@@ -123,6 +126,31 @@ def _object_shape(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[s
         f"objects are elongated (median length / width {stats.median_elongation:.1f}): the "
         "location prior and the centre targets follow each object's axis "
         "(model.decoder.object_shape=elongated)"
+    ]
+
+
+def _peak_window(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[str]:
+    """Elongated objects: peaks must top a wider square, so that one rod's long heatmap ridge
+    gives one anchor instead of several along it (rods stand-in, one model scored with windows
+    of 3, 5, 7, 9 cells: 13.0, 15.8, 17.3, 17.4 AP; trained with 7: 19.0). The widest square that cannot hold the
+    centre of a touching neighbour as wide as the median object: half its side under the width
+    over sqrt(2), at the test scale, in heatmap cells (mask stride). Round objects keep 3."""
+    decoder = cfg.model.decoder
+    if not decoder.peak_anchors or decoder.object_shape != "elongated":
+        return []
+    if "model.decoder.peak_window" in user_keys or decoder.peak_window != PEAK_WINDOW:
+        return []
+    test_scale = cfg.input.min_size_test / stats.median_short_side
+    width_cells = stats.object_width * test_scale / decoder.mask_stride
+    if not math.isfinite(width_cells):  # no usable masks to measure
+        return []
+    window = 2 * max(1, math.floor(width_cells / math.sqrt(2))) + 1
+    if window == decoder.peak_window:
+        return []
+    decoder.peak_window = window
+    return [
+        f"objects are elongated: a heatmap peak must be the highest in {window}x{window} cells "
+        f"(model.decoder.peak_window={window}), one anchor per object rather than several along it"
     ]
 
 
