@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import math
 
-from ..config import Config
+from ..config import Config, DecoderConfig
 from ..data.stats import SplitStats
-from ..modeling.small_head import PEAK_WINDOW
 
 QUERY_HEADROOM = 1.5  # queries per instance of the densest image
 QUERY_MULTIPLE = 8
@@ -132,13 +131,14 @@ def _object_shape(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[s
 def _peak_window(cfg: Config, stats: SplitStats, user_keys: set[str]) -> list[str]:
     """Elongated objects: peaks must top a wider square, so that one rod's long heatmap ridge
     gives one anchor instead of several along it (rods stand-in, one model scored with windows
-    of 3, 5, 7, 9 cells: 13.0, 15.8, 17.3, 17.4 AP; trained with 7: 19.0). The widest square that cannot hold the
-    centre of a touching neighbour as wide as the median object: half its side under the width
-    over sqrt(2), at the test scale, in heatmap cells (mask stride). Round objects keep 3."""
+    of 3, 5, 7, 9 cells: 13.0, 15.8, 17.3, 17.4 AP; trained with 7: 19.0). The widest square
+    that cannot hold the centre of a touching neighbour as wide as the median object: half its
+    side under the width over sqrt(2), at the test scale, in heatmap cells (mask stride). Round
+    objects keep the default."""
     decoder = cfg.model.decoder
     if not decoder.peak_anchors or decoder.object_shape != "elongated":
         return []
-    if "model.decoder.peak_window" in user_keys or decoder.peak_window != PEAK_WINDOW:
+    if "model.decoder.peak_window" in user_keys or decoder.peak_window != DecoderConfig.peak_window:
         return []
     test_scale = cfg.input.min_size_test / stats.median_short_side
     width_cells = stats.object_width * test_scale / decoder.mask_stride
